@@ -1,0 +1,61 @@
+"""On-disk result cache: one JSON file per key, written atomically, checked with a checksum on read."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+
+def digest(payload: dict) -> str:
+    """A stable key for everything that changes a result."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _checksum(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+class ResultCache:
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
+
+    def read(self, key: str) -> dict | None:
+        """The stored body, or None when absent; a corrupt entry is removed (and so recomputed)."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text())
+            if entry["checksum"] == _checksum(entry["body"]):
+                return entry["body"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        warnings.warn(f"cache entry {path.name} is corrupt; it will be recomputed", RuntimeWarning, stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+
+    def write(self, key: str, body: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"checksum": _checksum(body), "body": body}, sort_keys=True)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path(key))  # readers see the old entry or the new one, never half of one
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def bodies(self) -> list[dict]:
+        """Every valid entry (for tables and charts)."""
+        if not self.directory.is_dir():
+            return []
+        return [b for b in (self.read(p.stem) for p in sorted(self.directory.glob("*.json"))) if b is not None]

@@ -1,0 +1,160 @@
+"""Command line: `python -m core eval|sweep ...`. Flags are parsed here; the work is done by core functions."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import fields
+from datetime import datetime
+from pathlib import Path
+
+from core.errors import LabError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line instead of argparse's usage dump
+        print(f"error: {message} (see `python -m core {self.prog.split()[-1]} --help`)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _bits_list(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated bit widths like 16,8,4,3, got {text!r}")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="registry name (e.g. resnet20, smollm2-135m-instruct), "
+                   "an mlx-lm folder or a Hugging Face id")
+    p.add_argument("--q-group-size", type=int, default=None, help="affine: 32, 64 (default) or 128")
+    p.add_argument("--q-mode", default="affine", help="affine (default), mxfp4, nvfp4 or mxfp8")
+    p.add_argument("--q-quantizer", default="minmax", help="affine rounding: minmax (default) or mlx (mx.quantize)")
+    p.add_argument("--method", default="rtn", help="quantization method: rtn (round to nearest)")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="evaluate on a deterministic subset: N images or N 512-token chunks (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset choice")
+    p.add_argument("--keep-first", action="store_true", help="keep the first layer in full precision")
+    p.add_argument("--keep-last", action="store_true", help="keep the output layer in full precision")
+    p.add_argument("--eval-path", default="auto", help="auto, dequant or kernel: how quality is computed")
+    p.add_argument("--dtype", default="float32", help="LM compute dtype: float32, bfloat16 or float16")
+    p.add_argument("--ctx", type=_positive_int, default=512, help="perplexity chunk length in tokens")
+    p.add_argument("--no-bench", action="store_true", help="skip the speed and memory benchmark")
+    p.add_argument("--bench-prefill", type=_positive_int, default=128, help="LM benchmark prompt tokens")
+    p.add_argument("--bench-decode", type=_positive_int, default=32, help="LM benchmark decode steps")
+    p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the cache")
+
+
+def _config(args, bits: int):
+    from core.pipeline import EvalConfig
+
+    return EvalConfig(model=args.model, bits=bits, group_size=args.q_group_size, mode=args.q_mode,
+                      method=args.method, quantizer=args.q_quantizer, limit=args.limit, seed=args.seed,
+                      keep_first=args.keep_first, keep_last=args.keep_last, eval_path=args.eval_path,
+                      dtype=args.dtype, ctx=args.ctx, bench=not args.no_bench, bench_prefill=args.bench_prefill,
+                      bench_decode=args.bench_decode)
+
+
+def _stderr_progress(fraction: float, message: str) -> None:
+    print(f"\r[{fraction:6.1%}] {message:<40}", end="", file=sys.stderr, flush=True)
+
+
+def _summary(r) -> str:
+    unit = "%" if r.metric == "top1_accuracy" else ""
+    lines = [f"{r.model} {r.tag} ({r.method}, {r.backend}): {r.metric} = {r.value:.4f}{unit} ± {r.stderr:.4f} (n={r.n})",
+             f"  protocol: {r.protocol}",
+             f"  size: {r.size_bytes / 1e6:.2f} MB, {r.bits_per_weight:.3f} bits/weight"]
+    if r.reference_value is not None:
+        lines.append(f"  full precision on the same data: {r.reference_value:.4f}{unit}")
+    if r.agreement is not None:
+        lines.append(f"  top-1 agreement with full precision: {r.agreement:.2f} %")
+    if r.kl_mean is not None:
+        lines.append(f"  KL(full || quantized): {r.kl_mean:.5f} ± {r.kl_stderr:.5f} nats/token")
+    if r.latency_ms_p50 is not None:
+        lines.append(f"  latency p50 {r.latency_ms_p50:.2f} ms, p90 {r.latency_ms_p90:.2f} ms; "
+                     f"{r.throughput:.1f} {r.throughput_unit}; peak MLX memory {r.peak_memory_bytes / 1e6:.1f} MB")
+    if r.layers_kept:
+        lines.append(f"  kept in full precision: {r.layers_kept}")
+    if r.layers_padded:
+        lines.append(f"  padded to the group size: {r.layers_padded}")
+    lines.append(f"  {'from cache' if r.cached else f'computed in {r.eval_seconds:.1f} s'}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    from core.pipeline import run_eval
+
+    if args.q_bits is None:
+        args.q_bits = 16
+    result = run_eval(_config(args, args.q_bits), use_cache=not args.no_cache,
+                      progress=None if args.json else _stderr_progress)
+    if not args.json:
+        print(file=sys.stderr)
+    print(json.dumps(result.public()) if args.json else _summary(result))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from core.pipeline import EvalResult, run_eval
+
+    configs = [_config(args, b).validated() for b in args.q_bits]  # reject a bad width before any work
+    rows = []
+    for cfg in configs:
+        print(f"{cfg.model} {cfg.spec.tag} ...", file=sys.stderr, flush=True)
+        rows.append(run_eval(cfg, use_cache=not args.no_cache, progress=_stderr_progress).public())
+        print(file=sys.stderr)
+        print(_summary(EvalResult.from_dict({**rows[-1], "predictions": None})))
+    out = Path(args.out or f"cache/sweeps/{args.model.replace('/', '_')}-{datetime.now():%Y%m%d-%H%M%S}.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    columns = [f.name for f in fields(EvalResult) if f.name != "predictions"]
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m core", description="MLX Quant Lab: quantize, evaluate and benchmark MLX models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("eval", help="quantize, evaluate and benchmark one configuration")
+    _add_run_flags(p)
+    p.add_argument("--q-bits", type=int, default=None, help="2, 3, 4, 5, 6, 8, or 16 (full precision, default)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("sweep", help="run several bit widths and write a CSV")
+    _add_run_flags(p)
+    p.add_argument("--q-bits", type=_bits_list, required=True, help="comma-separated, e.g. 16,8,4,3")
+    p.add_argument("--out", default=None, help="CSV path (default cache/sweeps/MODEL-TIME.csv)")
+    p.set_defaults(func=cmd_sweep)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from core import runtime
+
+    runtime.warn_if_slow_blas()
+    try:
+        return args.func(args)
+    except LabError as error:
+        print(f"\nerror: {error}" if not getattr(args, "json", False) else f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130

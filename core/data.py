@@ -1,0 +1,112 @@
+"""Datasets: CIFAR-10 and WikiText-2 from the offline mirror (MLXQ_MIRROR) or, without it, the Hugging Face hub."""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import LabError
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_HUB = "uoft-cs/cifar10"
+WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
+
+
+def mirror_root() -> Path | None:
+    root = os.environ.get("MLXQ_MIRROR")
+    return Path(root).expanduser() if root else None
+
+
+def mirror_file(relative: str) -> Path | None:
+    """The mirror's copy of a file, or None when there is no mirror or it lacks the file."""
+    root = mirror_root()
+    if root is not None and (root / relative).is_file():
+        return root / relative
+    return None
+
+
+def _missing(what: str, relative: str, hub: str, cause: Exception) -> LabError:
+    where = f"MLXQ_MIRROR={mirror_root()} has no {relative}" if mirror_root() else "MLXQ_MIRROR is not set"
+    return LabError(
+        f"{what} is not available: {where}, and the Hugging Face hub ({hub}) could not be reached "
+        f"({type(cause).__name__}). Fix: point MLXQ_MIRROR at a data mirror holding {relative}, "
+        "or run with internet access so `datasets` can download it."
+    )
+
+
+@lru_cache(maxsize=2)
+def load_cifar10(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 [N, 32, 32, 3] (RGB, HWC) and labels uint8 [N]."""
+    if split not in ("train", "test"):
+        raise LabError(f"CIFAR-10 split must be 'train' or 'test', not {split!r}.")
+    relative = f"data/cifar10/cifar10_{split}.npz"
+    path = mirror_file(relative)
+    if path is not None:
+        with np.load(path) as npz:
+            return npz["x"], npz["y"].astype(np.uint8)
+    try:
+        from datasets import load_dataset
+
+        rows = load_dataset(CIFAR10_HUB, split=split)
+        images = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in rows["img"]])
+        return images, np.asarray(rows["label"], dtype=np.uint8)
+    except Exception as cause:  # any failure of the hub path means: data missing
+        raise _missing(f"CIFAR-10 {split}", relative, CIFAR10_HUB, cause) from cause
+
+
+def stratified_indices(labels: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarray:
+    """A deterministic subset of `limit` items spread evenly over the classes (all items if limit is None).
+
+    The mirror is sorted by class, so a plain prefix would be a single class."""
+    n = len(labels)
+    if limit is None or limit >= n:
+        return np.arange(n)
+    if limit <= 0:
+        raise LabError(f"--limit must be a positive number of items, not {limit}.")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    # Round-robin over the classes so any limit is as balanced as it can be.
+    picked = [idx[i] for i in range(max(map(len, per_class))) for idx in per_class if i < len(idx)]
+    return np.sort(np.asarray(picked[:limit]))
+
+
+@lru_cache(maxsize=1)
+def load_wikitext2_test() -> str:
+    """The raw WikiText-2 test split, as the byte-exact wiki.test.raw."""
+    relative = "data/wikitext-2-raw/wiki.test.raw"
+    path = mirror_file(relative)
+    if path is not None:
+        return path.read_text(encoding="utf-8")
+    try:
+        from datasets import load_dataset
+
+        rows = load_dataset(*WIKITEXT_HUB, split="test")
+        return "".join(rows["text"])  # each row keeps its trailing newline
+    except Exception as cause:
+        raise _missing("WikiText-2 test", relative, "/".join(WIKITEXT_HUB), cause) from cause
+
+
+def load_wikitext2_calibration() -> str:
+    """Calibration text (the v1 validation split): never the test set."""
+    relative = "data/wikitext-2/wiki.valid.tokens"
+    path = mirror_file(relative)
+    if path is not None:
+        return path.read_text(encoding="utf-8")
+    try:
+        from datasets import load_dataset
+
+        return "".join(load_dataset("Salesforce/wikitext", "wikitext-2-v1", split="validation")["text"])
+    except Exception as cause:
+        raise _missing("WikiText-2 validation", relative, "Salesforce/wikitext/wikitext-2-v1", cause) from cause
+
+
+def spread_indices(total: int, limit: int | None) -> np.ndarray:
+    """`limit` indices evenly spread over range(total) (all of them if limit is None)."""
+    if limit is None or limit >= total:
+        return np.arange(total)
+    if limit <= 0:
+        raise LabError(f"--limit must be a positive number of items, not {limit}.")
+    return np.unique(np.linspace(0, total - 1, limit).round().astype(int))
