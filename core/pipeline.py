@@ -1,9 +1,11 @@
 """One evaluation run: load, quantize, benchmark the deployed form, measure quality, cache the result row."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -18,6 +20,7 @@ from core.quantize import (QuantSpec, bits_per_weight, dequantize_model, quantiz
 RESULTS_VERSION = 1  # bump when a change alters measured values, so old cache entries are not reused
 METHODS = ("rtn",)
 EVAL_PATHS = ("auto", "dequant", "kernel")
+BOS_POLICIES = ("auto", "always", "never")
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
@@ -38,6 +41,7 @@ class EvalConfig:
     eval_path: str = "auto"  # quality from the de-quantized weights ('dequant') or the quantized kernels
     dtype: str = "float32"  # LM compute dtype
     ctx: int = 512
+    bos: str = "auto"  # BOS replaces each chunk's first token: 'auto' = when the tokenizer adds one (llama.cpp)
     bench: bool = True
     bench_prefill: int = 128
     bench_decode: int = 32
@@ -53,6 +57,8 @@ class EvalConfig:
             raise LabError(f"--dtype must be one of {', '.join(DTYPES)}.")
         if self.limit is not None and self.limit <= 0:
             raise LabError(f"--limit must be a positive number, not {self.limit}.")
+        if self.bos not in BOS_POLICIES:
+            raise LabError(f"--bos must be one of {', '.join(BOS_POLICIES)}.")
         if info.kind == "lm" and (self.ctx < 8 or self.ctx % 2):
             raise LabError("--ctx must be an even number of tokens, at least 8.")
         return replace(self, bits=spec.bits, group_size=spec.group_size, mode=spec.mode, quantizer=spec.quantizer,
@@ -133,7 +139,8 @@ def cache_key(cfg: EvalConfig) -> str:
 
 
 def result_cache() -> ResultCache:
-    return ResultCache(models.cache_root() / "results")
+    """Where result rows live: MLXQ_RESULTS, or cache/results (tests point it at a temporary folder)."""
+    return ResultCache(Path(os.environ.get("MLXQ_RESULTS", models.cache_root() / "results")))
 
 
 def run_eval(config: EvalConfig, use_cache: bool = True, progress: evaluate.Progress | None = None) -> EvalResult:
@@ -225,10 +232,22 @@ def wikitext_tokens(model_name: str, tokenizer) -> np.ndarray:
     return _TOKENS[model_name]
 
 
+def _chunk_bos(policy: str, tokenizer) -> int | None:
+    """llama-perplexity puts BOS first in each chunk only when the model's tokenizer adds a BOS (SmolLM2's does
+    not); 'always' and 'never' override that."""
+    bos = tokenizer.bos_token_id
+    if bos is None or policy == "never":
+        return None
+    if policy == "always":
+        return bos
+    return bos if tokenizer.encode("x")[:1] == [bos] else None
+
+
 def _eval_lm(cfg, info, model, tokenizer, eval_path, row, step) -> EvalResult:
     step(0.08, "tokenizing WikiText-2 test")
     tokens = wikitext_tokens(cfg.model, tokenizer)
-    windows = evaluate.chunk_windows(tokens, cfg.ctx, tokenizer.bos_token_id)
+    bos_id = _chunk_bos(cfg.bos, tokenizer)
+    windows = evaluate.chunk_windows(tokens, cfg.ctx, bos_id)
     chosen = data.spread_indices(len(windows), cfg.limit)
     windows = windows[chosen]
     speed = None
@@ -248,4 +267,5 @@ def _eval_lm(cfg, info, model, tokenizer, eval_path, row, step) -> EvalResult:
         **_common(cfg, info, eval_path, speed, row), metric="perplexity", value=ppl.ppl, stderr=ppl.stderr,
         n=ppl.n_tokens, kl_mean=ppl.kl_mean, kl_stderr=ppl.kl_stderr, reference_value=ppl.reference_ppl,
         protocol=f"WikiText-2 raw test ({len(tokens)} tokens{subset}); "
-                 + evaluate.PPL_PROTOCOL.format(ctx=cfg.ctx) + "; PPL ± standard error; KL vs full precision")
+                 + evaluate.PPL_PROTOCOL.format(ctx=cfg.ctx, bos="BOS" if bos_id is not None else "no BOS")
+                 + "; PPL ± standard error; KL vs full precision")

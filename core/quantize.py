@@ -22,7 +22,6 @@ AFFINE_GROUP_SIZES = (32, 64, 128)
 FLOAT_MODES = {"mxfp4": (4, 32), "nvfp4": (4, 16), "mxfp8": (8, 32)}  # mode -> (bits, group size)
 MODES = ("affine", *FLOAT_MODES)
 QUANTIZERS = ("minmax", "mlx")
-SCALE_DTYPE = mx.float16  # what affine scales and biases are stored in (as in mlx-lm's fp16 models)
 
 
 @dataclass(frozen=True)
@@ -87,14 +86,21 @@ def _pack(q: mx.array, bits: int) -> mx.array:
     return (bit_planes << mx.arange(32, dtype=mx.uint32)).sum(axis=-1).astype(mx.uint32)
 
 
+def scale_dtype(w: mx.array) -> mx.Dtype:
+    """Affine scales and biases are stored in 16 bits (as in mlx-lm's half-precision models): bfloat16 for a
+    bfloat16 model, float16 otherwise. Quantized kernels take them next to float32 activations unchanged."""
+    return mx.bfloat16 if w.dtype == mx.bfloat16 else mx.float16
+
+
 def _minmax_affine(w: mx.array, bits: int, group_size: int) -> tuple[mx.array, mx.array, mx.array]:
     rows, cols = w.shape
+    stored = scale_dtype(w)
     groups = w.astype(mx.float32).reshape(rows, cols // group_size, group_size)
     low, high = groups.min(axis=-1), groups.max(axis=-1)
     levels = 2**bits - 1
     # Round scale and bias to their stored dtype first, so the integers are chosen against the stored grid.
-    scales = ((high - low) / levels).astype(SCALE_DTYPE)
-    biases = low.astype(SCALE_DTYPE)
+    scales = ((high - low) / levels).astype(stored)
+    biases = low.astype(stored)
     s32, b32 = scales.astype(mx.float32)[..., None], biases.astype(mx.float32)[..., None]
     safe = mx.where(s32 > 0, s32, 1.0)  # a constant group: every weight equals the bias
     q = mx.clip(mx.round((groups - b32) / safe), 0, levels).astype(mx.uint32)
@@ -107,7 +113,7 @@ def quantize_matrix(w: mx.array, spec: QuantSpec) -> tuple[mx.array, mx.array, m
         wq, scales = mx.quantize(w, group_size=spec.group_size, bits=spec.bits, mode=spec.mode)
         return wq, scales, None
     if spec.quantizer == "mlx":
-        wq, scales, biases = mx.quantize(w.astype(SCALE_DTYPE), group_size=spec.group_size, bits=spec.bits)
+        wq, scales, biases = mx.quantize(w.astype(scale_dtype(w)), group_size=spec.group_size, bits=spec.bits)
         return wq, scales, biases
     # Row blocks bound the bit-plane temporary of 3/5/6-bit packing on large embeddings.
     parts = [_minmax_affine(w[i:i + 8192], spec.bits, spec.group_size) for i in range(0, w.shape[0], 8192)]
@@ -165,9 +171,25 @@ def _quantized_linear(layer: nn.Linear, spec: QuantSpec) -> nn.Module:
     return q
 
 
+class ExactQuantizedEmbedding(nn.QuantizedEmbedding):
+    """MLX's QuantizedEmbedding returns rows in the scales' dtype, which would silently turn a float32 model's
+    activations into float16 (slow on CPU, and not the model we measure). This one de-quantizes in float32,
+    exactly as `dequantize_matrix`, and returns the embedding's compute dtype. Same arrays, same export."""
+
+    def __init__(self, *args, compute_dtype=mx.float32, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.compute_dtype = compute_dtype
+
+    def __call__(self, x: mx.array) -> mx.array:
+        rows = dequantize_matrix(self.weight[x], self.scales[x], self.get("biases")[x] if "biases" in self else None,
+                                 spec_of(self), self.compute_dtype)
+        return rows
+
+
 def _quantized_embedding(layer: nn.Embedding, spec: QuantSpec) -> nn.Module:
     num, dims = layer.weight.shape
-    q = nn.QuantizedEmbedding(num, dims, group_size=spec.group_size, bits=spec.bits, mode=spec.mode)
+    q = ExactQuantizedEmbedding(num, dims, group_size=spec.group_size, bits=spec.bits, mode=spec.mode,
+                                compute_dtype=layer.weight.dtype)
     _set_quantized(q, layer.weight, spec)
     return q
 

@@ -1,0 +1,119 @@
+"""`python -m core` as other tools call it: the JSON contract, the cache, sweeps, and one-line errors."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, needs_mirror
+
+CONTRACT = ("model", "method", "bits", "group_size", "mode", "metric", "value", "stderr", "n", "size_bytes",
+            "bits_per_weight", "latency_ms_p50", "throughput", "peak_memory_bytes", "backend")
+
+
+def cli(*args, env=None, results=None):
+    full_env = {**os.environ, **(env or {})}
+    if results:
+        full_env["MLXQ_RESULTS"] = str(results)
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_one_error_line(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0]
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--model", "resnet99"], ["Unknown model 'resnet99'", "resnet20"]),
+    (["--model", "resnet20", "--q-bits", "7"], ["--q-bits 7", "2, 3, 4, 5, 6, 8"]),
+    (["--model", "resnet20", "--q-bits", "4", "--q-group-size", "48"], ["--q-group-size 48", "32, 64, 128"]),
+    (["--model", "resnet20", "--q-bits", "8", "--q-mode", "mxfp4"], ["mxfp4 means 4 bits in groups of 32"]),
+    (["--model", "resnet20", "--q-mode", "int4", "--q-bits", "4"], ["Unknown quantization mode"]),
+    (["--model", "resnet20", "--limit", "0"], ["positive"]),
+    (["--model", "resnet20", "--q-bits", "four"], ["invalid int value"]),
+    (["--model", "../../etc/passwd"], ["Unknown model"]),
+])
+def test_bad_input_gives_one_error_line_and_exit_code_2(args, fragments, tmp_path):
+    assert_one_error_line(cli("eval", *args, "--json", results=tmp_path), *fragments)
+
+
+def test_missing_data_names_both_fixes(tmp_path):
+    offline = {"MLXQ_MIRROR": str(tmp_path), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = cli("eval", "--model", "resnet20", "--json", env=offline, results=tmp_path)
+    assert_one_error_line(proc, "MLXQ_MIRROR")
+
+
+@needs_mirror
+def test_missing_dataset_with_weights_present_names_both_fixes(tmp_path):
+    mirror = tmp_path / "mirror"
+    (mirror / "models").mkdir(parents=True)
+    (mirror / "models" / "resnet-cifar10").symlink_to(Path(os.environ["MLXQ_MIRROR"]) / "models" / "resnet-cifar10")
+    offline = {"MLXQ_MIRROR": str(mirror), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = cli("eval", "--model", "resnet20", "--json", env=offline, results=tmp_path)
+    assert_one_error_line(proc, "CIFAR-10 test is not available", "MLXQ_MIRROR", "Hugging Face hub")
+
+
+@needs_mirror
+def test_json_contract_cache_and_no_cache(tmp_path):
+    args = ("eval", "--model", "resnet20", "--q-bits", "4", "--q-group-size", "32", "--limit", "200", "--json")
+    first = cli(*args, results=tmp_path)
+    assert first.returncode == 0, first.stderr
+    row = json.loads(first.stdout)
+    assert all(key in row for key in CONTRACT)
+    assert (row["model"], row["method"], row["bits"], row["group_size"], row["mode"]) == ("resnet20", "rtn", 4, 32, "affine")
+    assert row["metric"] == "top1_accuracy" and row["n"] == 200 and 80 < row["value"] < 97
+    assert 4.5 < row["bits_per_weight"] < 6 and 100e3 < row["size_bytes"] < 250e3
+    assert row["latency_ms_p50"] > 0 and row["throughput"] > 0 and row["peak_memory_bytes"] > 0
+    assert row["backend"] in ("cpu", "metal", "cuda") and row["cached"] is False
+    assert "predictions" not in row and "200 images" in row["protocol"]
+
+    again = json.loads(cli(*args, results=tmp_path).stdout)
+    assert again["cached"] is True and again["value"] == row["value"] and again["created"] == row["created"]
+    fresh = json.loads(cli(*args, "--no-cache", results=tmp_path).stdout)
+    assert fresh["cached"] is False and fresh["value"] == row["value"] and fresh["created"] >= row["created"]
+
+
+@needs_mirror
+def test_corrupt_cache_entry_is_detected_and_recomputed(tmp_path):
+    args = ("eval", "--model", "resnet20", "--limit", "100", "--no-bench", "--json")
+    row = json.loads(cli(*args, results=tmp_path).stdout)
+    (entry,) = [p for p in tmp_path.glob("*.json")]
+    entry.write_text(entry.read_text().replace(f'"value": {row["value"]}', '"value": 12.5'))
+    proc = cli(*args, results=tmp_path)
+    again = json.loads(proc.stdout)
+    assert again["cached"] is False and again["value"] == row["value"]
+    assert "corrupt" in proc.stderr
+    entry.write_text("{ truncated")
+    assert json.loads(cli(*args, results=tmp_path).stdout)["value"] == row["value"]
+
+
+@needs_mirror
+def test_full_precision_is_bits_16_or_no_bits(tmp_path):
+    a = json.loads(cli("eval", "--model", "resnet20", "--limit", "100", "--no-bench", "--json", results=tmp_path).stdout)
+    b = json.loads(cli("eval", "--model", "resnet20", "--q-bits", "16", "--limit", "100", "--no-bench", "--json",
+                       results=tmp_path).stdout)
+    assert a["bits"] == b["bits"] == 16 and a["method"] == "none" and b["cached"] is True
+
+
+@needs_mirror
+def test_sweep_writes_one_csv_row_per_bit_width(tmp_path):
+    out = tmp_path / "sweep.csv"
+    proc = cli("sweep", "--model", "resnet20", "--q-bits", "16,8,4", "--limit", "100", "--no-bench",
+               "--out", str(out), results=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["bits"]) for r in rows] == [16, 8, 4]
+    assert all(float(r["value"]) > 80 for r in rows)
+
+
+def test_sweep_rejects_a_bad_width_before_any_work(tmp_path):
+    assert_one_error_line(cli("sweep", "--model", "resnet20", "--q-bits", "16,7", results=tmp_path), "--q-bits 7")
