@@ -139,6 +139,20 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_results(args) -> int:
+    from core.pipeline import result_cache
+    from core.results import load_rows, write_csv
+
+    rows = load_rows(Path(args.dir) if args.dir else result_cache().directory)
+    if args.out:
+        print(f"wrote {len(rows)} rows to {write_csv(rows, Path(args.out))}")
+    else:
+        for r in rows:
+            print(f"{r['model']:24} {r['tag']:10} {r['metric']:14} {r['value']:10.4f} ± {r['stderr']:.4f} "
+                  f"n={r['n']:<7} {r['bits_per_weight']:6.3f} bpw  {r['backend']} {r['device']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="MLX Quant Lab: quantize, evaluate and benchmark MLX models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -152,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--q-bits", type=_bits_list, required=True, help="comma-separated, e.g. 16,8,4,3")
     p.add_argument("--out", default=None, help="CSV path (default cache/sweeps/MODEL-TIME.csv)")
     p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("results", help="list or export the cached result rows")
+    p.add_argument("--dir", default=None, help="a folder of result rows (default: the cache)")
+    p.add_argument("--out", default=None, help="write them as CSV here")
+    p.set_defaults(func=cmd_results)
     p = sub.add_parser("prepare", help="fetch and convert the offline SmolLM2 model into cache/")
     p.set_defaults(func=cmd_prepare)
     return parser

@@ -301,3 +301,9 @@ def prepare_smollm2(cache_root: Path) -> Path:
     cache_root = Path(cache_root)
     gguf = find_or_fetch_smollm2_gguf(cache_root / "downloads")
     return convert_gguf_to_mlx_lm(gguf, cache_root / "models" / "smollm2-135m-instruct")
+
+
+def converted_model_ready(cache_root: Path) -> bool:
+    """Whether a complete conversion is already in cache_root (no download, no work)."""
+    marker = Path(cache_root) / "models" / "smollm2-135m-instruct" / MARKER
+    return marker.is_file()

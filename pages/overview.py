@@ -1,0 +1,32 @@
+"""Overview: where MLX runs, which models and data are available, and every cached result row."""
+import pandas as pd
+import streamlit as st
+
+from core import overview
+
+st.title("MLX Quant Lab")
+st.caption("Post-training quantization of MLX models: what is lost (accuracy, perplexity) and what is gained "
+           "(size, memory, speed). Run evaluations with `./lab eval ...` or `./lab sweep ...`; they appear below.")
+
+status = overview.system_status()
+if status["blas_warning"]:
+    st.warning(status["blas_warning"])
+env = status["environment"]
+cols = st.columns(4)
+cols[0].metric("Backend", env["backend"].upper())
+cols[1].metric("Device", env["device"])
+cols[2].metric("MLX", env["mlx"])
+cols[3].metric("OpenBLAS", {True: "active", False: "missing", None: "n/a"}[env["openblas"]])
+
+st.subheader("Models and data")
+st.dataframe(pd.DataFrame(status["models"]), hide_index=True, use_container_width=True)
+st.dataframe(pd.DataFrame(status["datasets"]), hide_index=True, use_container_width=True)
+
+st.subheader("Measured results")
+rows = overview.result_rows()
+if not rows:
+    st.info("No results yet. Try `./lab eval --model resnet20 --q-bits 4 --limit 1000`.")
+else:
+    table = pd.DataFrame(rows)
+    st.dataframe(table, hide_index=True, use_container_width=True)
+    st.download_button("Download as CSV", table.to_csv(index=False), "mlxq-results.csv", "text/csv")
