@@ -54,8 +54,9 @@ class ResultCache:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def bodies(self) -> list[dict]:
-        """Every valid entry (for tables and charts)."""
+    def items(self) -> list[tuple[str, dict]]:
+        """(key, body) of every valid entry (for tables and charts)."""
         if not self.directory.is_dir():
             return []
-        return [b for b in (self.read(p.stem) for p in sorted(self.directory.glob("*.json"))) if b is not None]
+        pairs = ((p.stem, self.read(p.stem)) for p in sorted(self.directory.glob("*.json")))
+        return [(key, body) for key, body in pairs if body is not None]

@@ -153,6 +153,14 @@ def cmd_results(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from core.demo import prepare_demo
+
+    keys = prepare_demo(progress=_stderr_progress)
+    print(f"\ndemo sweep ready: {len(keys)} runs; switch on Demo mode in the dashboard", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="MLX Quant Lab: quantize, evaluate and benchmark MLX models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -170,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=None, help="a folder of result rows (default: the cache)")
     p.add_argument("--out", default=None, help="write them as CSV here")
     p.set_defaults(func=cmd_results)
+    p = sub.add_parser("demo", help="prepare the dashboard's demo sweep (cached runs for every chart)")
+    p.set_defaults(func=cmd_demo)
     p = sub.add_parser("prepare", help="fetch and convert the offline SmolLM2 model into cache/")
     p.set_defaults(func=cmd_prepare)
     return parser

@@ -35,6 +35,11 @@ def system_status() -> dict:
     }
 
 
-def result_rows() -> list[dict]:
-    """Cached result rows with the columns a person reads first."""
-    return [{k: r.get(k) for k in LEAD_COLUMNS + ("device", "created")} for r in load_rows(result_cache().directory)]
+def all_result_rows() -> list[dict]:
+    return load_rows(result_cache().directory)
+
+
+def result_rows(rows: list[dict] | None = None) -> list[dict]:
+    """Result rows with the columns a person reads first."""
+    rows = all_result_rows() if rows is None else rows
+    return [{k: r.get(k) for k in LEAD_COLUMNS + ("device", "created")} for r in rows]

@@ -16,8 +16,8 @@ LEAD_COLUMNS = ("model", "tag", "method", "bits", "group_size", "mode", "metric"
 def load_rows(directory: Path) -> list[dict]:
     """Every valid result row in the folder, newest first, without the per-image predictions."""
     rows = []
-    for body in ResultCache(directory).bodies():
-        body = dict(body)
+    for key, body in ResultCache(directory).items():
+        body = dict(body, key=key)
         body.pop("predictions", None)
         body["device"] = body.get("environment", {}).get("device")
         rows.append(body)

@@ -3,6 +3,8 @@ import pandas as pd
 import streamlit as st
 
 from core import overview
+from core.demo import demo_rows
+from pages._ui import demo_toggle
 
 st.title("MLX Quant Lab")
 st.caption("Post-training quantization of MLX models: what is lost (accuracy, perplexity) and what is gained "
@@ -19,14 +21,16 @@ cols[2].metric("MLX", env["mlx"])
 cols[3].metric("OpenBLAS", {True: "active", False: "missing", None: "n/a"}[env["openblas"]])
 
 st.subheader("Models and data")
-st.dataframe(pd.DataFrame(status["models"]), hide_index=True, use_container_width=True)
-st.dataframe(pd.DataFrame(status["datasets"]), hide_index=True, use_container_width=True)
+st.dataframe(pd.DataFrame(status["models"]), hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame(status["datasets"]), hide_index=True, width="stretch")
 
 st.subheader("Measured results")
-rows = overview.result_rows()
+demo = demo_toggle()
+rows = overview.result_rows(demo_rows() if demo else None)
 if not rows:
-    st.info("No results yet. Try `./lab eval --model resnet20 --q-bits 4 --limit 1000`.")
+    st.info("No demo sweep yet: run `./lab demo`." if demo else
+            "No results yet: use the Quantize page, or `./lab eval --model resnet20 --q-bits 4 --limit 1000`.")
 else:
     table = pd.DataFrame(rows)
-    st.dataframe(table, hide_index=True, use_container_width=True)
+    st.dataframe(table, hide_index=True, width="stretch")
     st.download_button("Download as CSV", table.to_csv(index=False), "mlxq-results.csv", "text/csv")

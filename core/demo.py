@@ -1,0 +1,49 @@
+"""The demo sweep: a small, prepared set of runs so a presentation shows every chart at once."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from core import models
+from core.pipeline import EvalConfig, cache_key, result_cache, run_eval
+from core.results import load_rows
+
+DEMO_CONFIGS = (
+    [EvalConfig("resnet20", bits=b, limit=1000) for b in (16, 8, 6, 5, 4, 3)]
+    + [EvalConfig("resnet20", bits=b, group_size=32, limit=1000) for b in (4, 3)]
+    + [EvalConfig("resnet20", bits=4, mode="mxfp4", limit=1000)]
+    + [EvalConfig("resnet56", bits=b, limit=1000) for b in (16, 8, 4)]
+    + [EvalConfig("smollm2-135m-instruct", bits=b, limit=4, bench_prefill=64, bench_decode=16) for b in (16, 8, 6, 4)]
+)
+
+
+def manifest_path() -> Path:
+    return models.cache_root() / "demo.json"
+
+
+def prepare_demo(progress=None) -> list[str]:
+    """Run (or reuse) every demo configuration and record their cache keys."""
+    keys = []
+    for i, cfg in enumerate(DEMO_CONFIGS):
+        if progress:
+            progress(i / len(DEMO_CONFIGS), f"{cfg.model} {cfg.validated().spec.tag}")
+        run_eval(cfg)
+        keys.append(cache_key(cfg.validated()))
+    path = manifest_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"keys": keys}, f)
+    os.replace(tmp, path)
+    return keys
+
+
+def demo_rows() -> list[dict]:
+    """The demo sweep's rows, or none when it was not prepared."""
+    try:
+        keys = set(json.loads(manifest_path().read_text())["keys"])
+    except (OSError, ValueError, KeyError):
+        return []
+    return [r for r in load_rows(result_cache().directory) if r["key"] in keys]

@@ -1,0 +1,87 @@
+"""Trade-off charts from measured result rows: quality against size and latency, the Pareto frontier, bit widths."""
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+HIGHER_IS_BETTER = {"top1_accuracy": True, "perplexity": False}
+METRIC_LABEL = {"top1_accuracy": "top-1 accuracy (%)", "perplexity": "perplexity (lower is better)"}
+AXES = {"size_mb": "size (MB)", "latency_ms_p50": "latency p50 (ms)", "bits_per_weight": "bits per weight"}
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    """One row per measured configuration, with the columns the charts and hover labels use."""
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    df["size_mb"] = df["size_bytes"] / 1e6
+    df["precision"] = df.apply(lambda r: "full" if r["bits"] >= 16 else f"{r['bits']}-bit", axis=1)
+    df["device"] = df.get("device", df["backend"])
+    df["configuration"] = df["model"] + " " + df["tag"] + " (" + df["method"] + ")"
+    return df
+
+
+def pareto_mask(df: pd.DataFrame, x: str, higher_is_better: bool) -> pd.Series:
+    """True for points no other point beats on both x (smaller) and quality (better)."""
+    mask = pd.Series(False, index=df.index)
+    valid = df.dropna(subset=[x, "value"])
+    for idx, row in valid.iterrows():
+        better_y = valid["value"] > row["value"] if higher_is_better else valid["value"] < row["value"]
+        same_y = valid["value"] == row["value"]
+        dominated = ((valid[x] <= row[x]) & better_y) | ((valid[x] < row[x]) & same_y)
+        mask[idx] = not dominated.any()
+    return mask
+
+
+def tradeoff_chart(df: pd.DataFrame, x: str, metric: str) -> go.Figure:
+    """Quality against `x` for one metric, one colour per bit width, the frontier drawn through the best points."""
+    data = df[(df["metric"] == metric)].dropna(subset=[x]).copy()
+    better_high = HIGHER_IS_BETTER.get(metric, True)
+    data["pareto"] = False
+    for _, group in data.groupby("model"):
+        data.loc[group.index, "pareto"] = pareto_mask(group, x, better_high)
+    hover = {c: True for c in ("model", "tag", "method", "bits", "group_size", "mode", "n", "stderr",
+                               "bits_per_weight", "backend", "device", "protocol") if c in data}
+    fig = px.scatter(data, x=x, y="value", color="precision", symbol="model", error_y="stderr",
+                     hover_name="configuration", hover_data=hover,
+                     category_orders={"precision": sorted(data["precision"].unique(), key=_precision_order)},
+                     labels={x: AXES.get(x, x), "value": METRIC_LABEL.get(metric, metric)})
+    for model, group in data[data["pareto"]].groupby("model"):
+        group = group.sort_values(x)
+        fig.add_trace(go.Scatter(x=group[x], y=group["value"], mode="lines", line=dict(dash="dot", color="grey"),
+                                 name=f"Pareto frontier: {model}", hoverinfo="skip"))
+    if x in ("size_mb", "latency_ms_p50"):
+        fig.update_xaxes(type="log")
+    fig.update_layout(legend_title_text="", margin=dict(t=40, l=10, r=10, b=10),
+                      title=f"{METRIC_LABEL.get(metric, metric)} against {AXES.get(x, x)}")
+    return fig
+
+
+def bits_chart(df: pd.DataFrame, metric: str) -> go.Figure:
+    """Bit width against quality (left) and size (right), one line per model and group size."""
+    data = df[df["metric"] == metric].copy()
+    data["series"] = data["model"] + " g" + data["group_size"].fillna(0).astype(int).astype(str)
+    data["bits_axis"] = data["bits"].where(data["bits"] < 16, 16)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(METRIC_LABEL.get(metric, metric), "size (MB)"))
+    palette = px.colors.qualitative.Plotly
+    for i, (series, group) in enumerate(data.sort_values("bits_axis").groupby("series")):
+        # the full-precision row belongs to every group-size series of its model
+        model = group["model"].iloc[0]
+        full = data[(data["model"] == model) & (data["bits"] >= 16)]
+        group = pd.concat([group, full]).drop_duplicates(subset=["bits_axis"]).sort_values("bits_axis")
+        colour = palette[i % len(palette)]
+        fig.add_trace(go.Scatter(x=group["bits_axis"], y=group["value"], mode="lines+markers", name=series,
+                                 line=dict(color=colour), legendgroup=series,
+                                 error_y=dict(type="data", array=group["stderr"], visible=True)), 1, 1)
+        fig.add_trace(go.Scatter(x=group["bits_axis"], y=group["size_mb"], mode="lines+markers", name=series,
+                                 line=dict(color=colour), legendgroup=series, showlegend=False), 1, 2)
+    fig.update_xaxes(title_text="bits (16 = full precision)")
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_layout(margin=dict(t=40, l=10, r=10, b=10))
+    return fig
+
+
+def _precision_order(label: str) -> int:
+    return 99 if label == "full" else int(label.split("-")[0])

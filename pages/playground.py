@@ -1,0 +1,94 @@
+"""Playground: classify an image or chat, full precision and a quantized model side by side."""
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from core import data, models, playground
+from core.errors import LabError
+from pages._ui import PLAYGROUND_TAGS, deployed, error, mb
+
+st.title("Playground")
+vision_tab, chat_tab = st.tabs(["Image", "Chat"])
+
+
+def top5_panel(column, title: str, result: playground.Classification) -> None:
+    column.markdown(f"**{title}** — {result.latency_ms:.1f} ms")
+    column.bar_chart(pd.DataFrame({"probability": [p for _, p in result.top5]},
+                                  index=[c for c, _ in result.top5]), horizontal=True, height=220)
+
+
+with vision_tab:
+    vision_models = [n for n, i in models.REGISTRY.items() if i.kind == "vision"]
+    left, right = st.columns(2)
+    name = left.selectbox("Model", vision_models, key="p_vision_model")
+    tag = right.selectbox("Quantization", PLAYGROUND_TAGS[1:], index=3, key="p_vision_tag")
+    source = st.radio("Image", ["Upload", "Test-set sample"], horizontal=True, key="p_source")
+    image32 = None
+    try:
+        if source == "Upload":
+            upload = st.file_uploader("PNG or JPEG, any size (it is cropped to a square and resized to 32x32)",
+                                      type=["png", "jpg", "jpeg"], key="p_upload")
+            if upload is not None:
+                original = playground.read_image(upload.getvalue())
+                image32 = playground.to_cifar_input(original)
+                st.caption(f"Uploaded {original.size[0]}x{original.size[1]} ({upload.name})")
+        else:
+            index = st.number_input("Test image number (0-9999)", 0, 9999, value=0, key="p_index")
+            images, labels = data.load_cifar10("test")
+            image32 = images[int(index)]
+            st.caption(f"True class: {data.CIFAR10_CLASSES[labels[int(index)]]}")
+        if image32 is not None:
+            st.image(Image.fromarray(image32).resize((128, 128), Image.Resampling.NEAREST),
+                     caption="What the model sees: 32x32 (shown 4x)")
+            full, quantized = deployed(name, "fp"), deployed(name, tag)
+            a, b = st.columns(2)
+            top5_panel(a, f"Full precision ({mb(full.size_bytes)})", playground.classify(full.model, image32))
+            top5_panel(b, f"{tag} ({mb(quantized.size_bytes)}, {quantized.bits_per_weight:.2f} bits/weight)",
+                       playground.classify(quantized.model, image32))
+    except LabError as e:
+        error(e)
+    except Exception as e:
+        error(e)
+
+with chat_tab:
+    lm_models = [n for n, i in models.REGISTRY.items() if i.kind == "lm"]
+    left, mid, right = st.columns(3)
+    lm_name = left.selectbox("Model", lm_models, key="p_lm_model")
+    lm_tag = left.selectbox("Quantization", PLAYGROUND_TAGS[1:], index=3, key="p_lm_tag")
+    max_tokens = mid.slider("Max new tokens", 1, playground.MAX_NEW_TOKENS, 64, key="p_max_tokens")
+    temperature = right.slider("Temperature", 0.0, 2.0, 0.0, 0.05, key="p_temperature")
+    prompt = st.chat_input("Ask something", key="p_prompt")
+    if prompt is not None:
+        try:
+            full, quantized = deployed(lm_name, "fp"), deployed(lm_name, lm_tag)
+            messages = [{"role": "user", "content": prompt}]
+            tokens = playground.chat_prompt_tokens(full.tokenizer, messages)
+            playground.check_generation_settings(max_tokens, temperature, 1.0)
+            st.chat_message("user").write(prompt)
+            a, b = st.columns(2)
+            panels = {}
+            for column, deployed_model, title in ((a, full, "Full precision"), (b, quantized, lm_tag)):
+                column.markdown(f"**{title}** ({mb(deployed_model.size_bytes)})")
+                panels[title] = (column.empty(), column.empty(), deployed_model)
+            streams = {title: playground.stream_chat(d.model, d.tokenizer, tokens, max_tokens, temperature, seed=0)
+                       for title, (_, _, d) in panels.items()}
+            texts = {title: "" for title in panels}
+            while streams:  # one token from each model in turn, so both answers grow together
+                for title in list(streams):
+                    chunk = next(streams[title], None)
+                    text_box, stats_box, _ = panels[title]
+                    if chunk is None:
+                        del streams[title]
+                        continue
+                    texts[title] += chunk.text
+                    text_box.markdown(texts[title] + ("" if chunk.finish_reason else " ▌"))
+                    stats_box.caption(f"{chunk.tokens} tokens, {chunk.tokens_per_s:.1f} tokens/s, "
+                                      f"prompt {chunk.prompt_tokens_per_s:.0f} tokens/s, "
+                                      f"peak MLX memory {mb(chunk.peak_memory_bytes)}")
+            st.caption("Both models decode in turns in one process, so each one's tokens/s is roughly halved; "
+                       "the Quantize page and `./lab eval` measure decode speed alone.")
+        except LabError as e:
+            error(e)
+        except Exception as e:
+            error(e)

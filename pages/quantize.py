@@ -1,0 +1,76 @@
+"""Quantize & evaluate: pick a model and bit widths, run with progress and cancel, compare with full precision."""
+import pandas as pd
+import streamlit as st
+
+from core import models
+from core.errors import LabError
+from core.pipeline import EvalConfig, run_eval
+from core.quantize import AFFINE_BITS, AFFINE_GROUP_SIZES, MODES
+from core.runsummary import comparison_table
+from core.tradeoffs import frame, tradeoff_chart
+from pages._ui import error, memory_monitor
+
+st.title("Quantize & evaluate")
+memory_monitor()
+if st.session_state.pop("quantize_running", False):
+    st.warning("The previous run was cancelled. Nothing partial was cached.")
+
+names = list(models.REGISTRY)
+left, right = st.columns(2)
+name = left.selectbox("Model", names, key="q_model", format_func=lambda n: f"{n} — {models.REGISTRY[n].title}")
+info = models.REGISTRY[name]
+mode = right.selectbox("Mode", MODES, key="q_mode", help="affine: integers with a scale and bias per group; "
+                       "mxfp4 / nvfp4 / mxfp8: small floats with a shared scale (fixed bits and group size)")
+if mode == "affine":
+    bits = left.multiselect("Bit widths", sorted(AFFINE_BITS, reverse=True), default=[8, 4], key="q_bits")
+    group = right.selectbox("Group size", AFFINE_GROUP_SIZES, index=1, key="q_group")
+else:
+    bits, group = [None], None
+    left.caption(f"{mode} fixes the bit width and group size.")
+unit = "images (0 = all 10,000)" if info.kind == "vision" else "512-token chunks (0 = all 592)"
+limit = left.number_input(f"Evaluation subset: {unit}", min_value=0, max_value=100000,
+                          value=1000 if info.kind == "vision" else 4, step=1, key="q_limit")
+keep_first = right.checkbox("Keep the first layer in full precision", key="q_keep_first")
+keep_last = right.checkbox("Keep the output layer in full precision", key="q_keep_last")
+bench = right.checkbox("Benchmark speed and memory", value=True, key="q_bench")
+
+if st.button("Run", type="primary", key="q_run"):
+    try:
+        if mode == "affine" and not bits:
+            raise LabError("Pick at least one bit width to compare with full precision.")
+        base = EvalConfig(name, limit=int(limit) or None, bench=bench)
+        configs = [base] + [EvalConfig(name, bits=b or 4, group_size=group, mode=mode, limit=int(limit) or None,
+                                       keep_first=keep_first, keep_last=keep_last, bench=bench)
+                            for b in (bits or [])]
+        configs = [c.validated() for c in configs]  # every mistake is reported before any work starts
+    except LabError as e:
+        error(e)
+        st.stop()
+    st.session_state["quantize_running"] = True
+    st.button("Cancel", key="q_cancel", help="Stops the run; results finished so far stay cached.")
+    bar = st.progress(0.0, text="starting")
+    results = []
+    try:
+        for i, cfg in enumerate(configs):
+            def progress(fraction, message, i=i, cfg=cfg):
+                bar.progress((i + fraction) / len(configs), text=f"{cfg.spec.tag}: {message}")
+            results.append(run_eval(cfg, progress=progress))
+    except LabError as e:
+        error(e)
+    except Exception as e:  # a bug must not take the page down
+        error(e)
+    finally:
+        st.session_state["quantize_running"] = False
+    bar.empty()
+    if results:
+        st.session_state["quantize_results"] = [r.public() for r in results]
+
+rows = st.session_state.get("quantize_results")
+if rows:
+    table, notes = comparison_table(rows)
+    st.subheader("Result")
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+    for note in notes:
+        st.caption(note)
+    df = frame(rows)
+    st.plotly_chart(tradeoff_chart(df, "size_mb", df["metric"].iloc[0]), width="stretch", key="q_chart")
