@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from dataclasses import fields
 from datetime import datetime
@@ -161,6 +162,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from core.serve import DEFAULT_MODELS, ServeSettings, serve
+
+    models = [m.strip() for m in (args.models or ",".join(DEFAULT_MODELS)).split(",") if m.strip()]
+    settings = ServeSettings(models=models, api_key=args.api_key or os.environ.get("MLXQ_API_KEY"),
+                             memory_budget_bytes=int(args.memory_budget_mb * 1024**2))
+    where = f"http://{args.host}:{args.port}"
+    print(f"serving {', '.join(models)} on {where} (OpenAI-compatible: {where}/v1)"
+          + ("; API key required" if settings.api_key else ""), file=sys.stderr)
+    serve(settings, args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="MLX Quant Lab: quantize, evaluate and benchmark MLX models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -178,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=None, help="a folder of result rows (default: the cache)")
     p.add_argument("--out", default=None, help="write them as CSV here")
     p.set_defaults(func=cmd_results)
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API for quantized models")
+    p.add_argument("--models", default=None, help="comma-separated ids to serve, e.g. "
+                   "smollm2-135m-instruct@q4g64,resnet20@q8 (default: a few of each)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_positive_int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set MLXQ_API_KEY)")
+    p.add_argument("--memory-budget-mb", type=float, default=2048, help="evict least-recently-used models beyond this")
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("demo", help="prepare the dashboard's demo sweep (cached runs for every chart)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("prepare", help="fetch and convert the offline SmolLM2 model into cache/")

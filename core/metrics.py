@@ -1,0 +1,82 @@
+"""Prometheus text-format metrics for the server: requests, errors, latency histogram, tokens, memory."""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+import mlx.core as mx
+import psutil
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.requests = defaultdict(int)  # (endpoint, status) -> count
+        self.errors = defaultdict(int)  # endpoint -> count of 4xx and 5xx
+        self.latency_counts = defaultdict(lambda: [0] * len(LATENCY_BUCKETS))
+        self.latency_sum = defaultdict(float)
+        self.latency_n = defaultdict(int)
+        self.tokens_generated = 0
+        self.prompt_tokens = 0
+        self.cancelled = 0
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        with self._lock:
+            self.requests[(endpoint, status)] += 1
+            if status >= 400:
+                self.errors[endpoint] += 1
+            counts = self.latency_counts[endpoint]
+            for i, bound in enumerate(LATENCY_BUCKETS):
+                if seconds <= bound:
+                    counts[i] += 1
+            self.latency_sum[endpoint] += seconds
+            self.latency_n[endpoint] += 1
+
+    def add_tokens(self, prompt: int, generated: int) -> None:
+        with self._lock:
+            self.prompt_tokens += prompt
+            self.tokens_generated += generated
+
+    def add_cancelled(self) -> None:
+        with self._lock:
+            self.cancelled += 1
+
+    def render(self, models_loaded: int, queue_depth: int) -> str:
+        out = []
+
+        def block(name, kind, help_text, samples):
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+            out.extend(samples)
+
+        with self._lock:
+            block("mlxq_requests_total", "counter", "HTTP requests by endpoint and status.",
+                  [f'mlxq_requests_total{{endpoint="{e}",status="{s}"}} {n}' for (e, s), n in sorted(self.requests.items())])
+            block("mlxq_request_errors_total", "counter", "Requests answered with a 4xx or 5xx status.",
+                  [f'mlxq_request_errors_total{{endpoint="{e}"}} {n}' for e, n in sorted(self.errors.items())])
+            samples = []
+            for endpoint in sorted(self.latency_n):
+                for bound, count in zip(LATENCY_BUCKETS, self.latency_counts[endpoint]):
+                    samples.append(f'mlxq_request_duration_seconds_bucket{{endpoint="{endpoint}",le="{bound}"}} {count}')
+                samples.append(f'mlxq_request_duration_seconds_bucket{{endpoint="{endpoint}",le="+Inf"}} '
+                               f'{self.latency_n[endpoint]}')
+                samples.append(f'mlxq_request_duration_seconds_sum{{endpoint="{endpoint}"}} {self.latency_sum[endpoint]:.6f}')
+                samples.append(f'mlxq_request_duration_seconds_count{{endpoint="{endpoint}"}} {self.latency_n[endpoint]}')
+            block("mlxq_request_duration_seconds", "histogram", "Request latency in seconds.", samples)
+            block("mlxq_tokens_generated_total", "counter", "Completion tokens generated.",
+                  [f"mlxq_tokens_generated_total {self.tokens_generated}"])
+            block("mlxq_generations_cancelled_total", "counter", "Generations stopped because the client left.",
+                  [f"mlxq_generations_cancelled_total {self.cancelled}"])
+            block("mlxq_prompt_tokens_total", "counter", "Prompt tokens processed.",
+                  [f"mlxq_prompt_tokens_total {self.prompt_tokens}"])
+        block("mlxq_process_resident_memory_bytes", "gauge", "Resident set size of the server process.",
+              [f"mlxq_process_resident_memory_bytes {psutil.Process().memory_info().rss}"])
+        block("mlxq_mlx_active_memory_bytes", "gauge", "Memory held by MLX arrays.",
+              [f"mlxq_mlx_active_memory_bytes {mx.get_active_memory()}"])
+        block("mlxq_mlx_peak_memory_bytes", "gauge", "Peak MLX memory since start.",
+              [f"mlxq_mlx_peak_memory_bytes {mx.get_peak_memory()}"])
+        block("mlxq_models_loaded", "gauge", "Models resident in the pool.", [f"mlxq_models_loaded {models_loaded}"])
+        block("mlxq_queue_depth", "gauge", "Jobs waiting for the inference worker.", [f"mlxq_queue_depth {queue_depth}"])
+        return "\n".join(out) + "\n"
