@@ -36,24 +36,39 @@ def _missing(what: str, relative: str, hub: str, cause: Exception) -> LabError:
     )
 
 
+def _mirror_or_hub(what: str, relative: str, hub: str, read_mirror, read_hub):
+    """The mirror's file through read_mirror(path), else read_hub(); a failure of both is one LabError."""
+    path = mirror_file(relative)
+    if path is not None:
+        return read_mirror(path)
+    try:
+        return read_hub()
+    except Exception as cause:  # any failure of the hub path means: data missing
+        raise _missing(what, relative, hub, cause) from cause
+
+
+def _hub_split(name: str, config: str | None, split: str):
+    from datasets import load_dataset
+
+    return load_dataset(name, config, split=split)
+
+
 @lru_cache(maxsize=2)
 def load_cifar10(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 [N, 32, 32, 3] (RGB, HWC) and labels uint8 [N]."""
     if split not in ("train", "test"):
         raise LabError(f"CIFAR-10 split must be 'train' or 'test', not {split!r}.")
-    relative = f"data/cifar10/cifar10_{split}.npz"
-    path = mirror_file(relative)
-    if path is not None:
+
+    def from_mirror(path):
         with np.load(path) as npz:
             return npz["x"], npz["y"].astype(np.uint8)
-    try:
-        from datasets import load_dataset
 
-        rows = load_dataset(CIFAR10_HUB, split=split)
+    def from_hub():
+        rows = _hub_split(CIFAR10_HUB, None, split)
         images = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in rows["img"]])
         return images, np.asarray(rows["label"], dtype=np.uint8)
-    except Exception as cause:  # any failure of the hub path means: data missing
-        raise _missing(f"CIFAR-10 {split}", relative, CIFAR10_HUB, cause) from cause
+
+    return _mirror_or_hub(f"CIFAR-10 {split}", f"data/cifar10/cifar10_{split}.npz", CIFAR10_HUB, from_mirror, from_hub)
 
 
 def stratified_indices(labels: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarray:
@@ -75,32 +90,17 @@ def stratified_indices(labels: np.ndarray, limit: int | None, seed: int = 0) -> 
 
 @lru_cache(maxsize=1)
 def load_wikitext2_test() -> str:
-    """The raw WikiText-2 test split, as the byte-exact wiki.test.raw."""
-    relative = "data/wikitext-2-raw/wiki.test.raw"
-    path = mirror_file(relative)
-    if path is not None:
-        return path.read_text(encoding="utf-8")
-    try:
-        from datasets import load_dataset
-
-        rows = load_dataset(*WIKITEXT_HUB, split="test")
-        return "".join(rows["text"])  # each row keeps its trailing newline
-    except Exception as cause:
-        raise _missing("WikiText-2 test", relative, "/".join(WIKITEXT_HUB), cause) from cause
+    """The raw WikiText-2 test split, as the byte-exact wiki.test.raw (hub rows keep their newlines)."""
+    return _mirror_or_hub("WikiText-2 test", "data/wikitext-2-raw/wiki.test.raw", "/".join(WIKITEXT_HUB),
+                          lambda p: p.read_text(encoding="utf-8"),
+                          lambda: "".join(_hub_split(*WIKITEXT_HUB, "test")["text"]))
 
 
 def load_wikitext2_calibration() -> str:
     """Calibration text (the v1 validation split): never the test set."""
-    relative = "data/wikitext-2/wiki.valid.tokens"
-    path = mirror_file(relative)
-    if path is not None:
-        return path.read_text(encoding="utf-8")
-    try:
-        from datasets import load_dataset
-
-        return "".join(load_dataset("Salesforce/wikitext", "wikitext-2-v1", split="validation")["text"])
-    except Exception as cause:
-        raise _missing("WikiText-2 validation", relative, "Salesforce/wikitext/wikitext-2-v1", cause) from cause
+    return _mirror_or_hub("WikiText-2 validation", "data/wikitext-2/wiki.valid.tokens",
+                          "Salesforce/wikitext/wikitext-2-v1", lambda p: p.read_text(encoding="utf-8"),
+                          lambda: "".join(_hub_split("Salesforce/wikitext", "wikitext-2-v1", "validation")["text"]))
 
 
 def spread_indices(total: int, limit: int | None) -> np.ndarray:
