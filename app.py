@@ -3,10 +3,10 @@ import streamlit as st
 
 st.set_page_config(page_title="MLX Quant Lab", layout="wide")
 navigation = st.navigation([
-    st.Page("pages/overview.py", title="Overview", default=True),
-    st.Page("pages/quantize.py", title="Quantize & evaluate"),
-    st.Page("pages/tradeoffs.py", title="Trade-offs"),
-    st.Page("pages/system.py", title="System"),
-    st.Page("pages/playground.py", title="Playground"),
+    st.Page("views/overview.py", title="Overview", default=True),
+    st.Page("views/quantize.py", title="Quantize & evaluate"),
+    st.Page("views/tradeoffs.py", title="Trade-offs"),
+    st.Page("views/system.py", title="System"),
+    st.Page("views/playground.py", title="Playground"),
 ])
 navigation.run()

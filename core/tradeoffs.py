@@ -49,6 +49,8 @@ def tradeoff_chart(df: pd.DataFrame, x: str, metric: str) -> go.Figure:
                      category_orders={"precision": sorted(data["precision"].unique(), key=_precision_order)},
                      labels={x: AXES.get(x, x), "value": METRIC_LABEL.get(metric, metric)})
     for model, group in data[data["pareto"]].groupby("model"):
+        if len(group) < 2:
+            continue  # a frontier of one point is just that point
         group = group.sort_values(x)
         fig.add_trace(go.Scatter(x=group[x], y=group["value"], mode="lines", line=dict(dash="dot", color="grey"),
                                  name=f"Pareto frontier: {model}", hoverinfo="skip"))
@@ -60,26 +62,28 @@ def tradeoff_chart(df: pd.DataFrame, x: str, metric: str) -> go.Figure:
 
 
 def bits_chart(df: pd.DataFrame, metric: str) -> go.Figure:
-    """Bit width against quality (left) and size (right), one line per model and group size."""
+    """Bit width against quality (left) and size (right), one line per model and group size; the model's
+    full-precision row closes each of its lines at 16."""
     data = df[df["metric"] == metric].copy()
-    data["series"] = data["model"] + " g" + data["group_size"].fillna(0).astype(int).astype(str)
-    data["bits_axis"] = data["bits"].where(data["bits"] < 16, 16)
+    quantized, full = data[data["bits"] < 16].copy(), data[data["bits"] >= 16]
+    quantized["series"] = quantized["model"] + " " + quantized["tag"].str.replace(r"^q\d+", "", regex=True)
+    quantized.loc[quantized["mode"] != "affine", "series"] = quantized["model"] + " " + quantized["mode"]
+    series = [(name, pd.concat([group, full[full["model"] == group["model"].iloc[0]]]))
+              for name, group in quantized.groupby("series")]
+    series += [(f"{m} full precision", group) for m, group in full.groupby("model") if m not in set(quantized["model"])]
     fig = make_subplots(rows=1, cols=2, subplot_titles=(METRIC_LABEL.get(metric, metric), "size (MB)"))
     palette = px.colors.qualitative.Plotly
-    for i, (series, group) in enumerate(data.sort_values("bits_axis").groupby("series")):
-        # the full-precision row belongs to every group-size series of its model
-        model = group["model"].iloc[0]
-        full = data[(data["model"] == model) & (data["bits"] >= 16)]
-        group = pd.concat([group, full]).drop_duplicates(subset=["bits_axis"]).sort_values("bits_axis")
+    for i, (name, group) in enumerate(series):
+        group = group.drop_duplicates(subset=["bits"]).sort_values("bits")
         colour = palette[i % len(palette)]
-        fig.add_trace(go.Scatter(x=group["bits_axis"], y=group["value"], mode="lines+markers", name=series,
-                                 line=dict(color=colour), legendgroup=series,
+        fig.add_trace(go.Scatter(x=group["bits"], y=group["value"], mode="lines+markers", name=name,
+                                 line=dict(color=colour), legendgroup=name,
                                  error_y=dict(type="data", array=group["stderr"], visible=True)), 1, 1)
-        fig.add_trace(go.Scatter(x=group["bits_axis"], y=group["size_mb"], mode="lines+markers", name=series,
-                                 line=dict(color=colour), legendgroup=series, showlegend=False), 1, 2)
+        fig.add_trace(go.Scatter(x=group["bits"], y=group["size_mb"], mode="lines+markers", name=name,
+                                 line=dict(color=colour), legendgroup=name, showlegend=False), 1, 2)
     fig.update_xaxes(title_text="bits (16 = full precision)")
     fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_layout(margin=dict(t=40, l=10, r=10, b=10))
+    fig.update_layout(margin=dict(t=60, l=10, r=10, b=10), title="bit width against quality and size")
     return fig
 
 

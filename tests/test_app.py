@@ -29,7 +29,7 @@ def test_overview_renders_backend_models_and_result_rows():
 
 
 def test_quantize_page_runs_and_shows_result_next_to_baseline_then_tradeoffs_chart_it():
-    at = app().switch_page("pages/quantize.py").run()
+    at = app().switch_page("views/quantize.py").run()
     at.selectbox(key="q_model").set_value("resnet20")
     at.multiselect(key="q_bits").set_value([3])
     at.selectbox(key="q_group").set_value(32)
@@ -42,13 +42,13 @@ def test_quantize_page_runs_and_shows_result_next_to_baseline_then_tradeoffs_cha
     assert len(at.get("plotly_chart")) == 1
     assert any("120 images" in c.value for c in at.caption)
 
-    at.switch_page("pages/tradeoffs.py").run()
+    at.switch_page("views/tradeoffs.py").run()
     assert not at.exception
     assert len(at.get("plotly_chart")) >= 2  # size and bits charts (latency too when benchmarked rows exist)
 
 
 def test_quantize_page_rejects_an_impossible_configuration():
-    at = app().switch_page("pages/quantize.py").run()
+    at = app().switch_page("views/quantize.py").run()
     at.multiselect(key="q_bits").set_value([])
     at.button(key="q_run").click().run()
     assert not at.exception
@@ -56,13 +56,13 @@ def test_quantize_page_rejects_an_impossible_configuration():
 
 
 def test_system_page_shows_live_readings():
-    at = app().switch_page("pages/system.py").run()
+    at = app().switch_page("views/system.py").run()
     assert not at.exception
     assert {"Process RSS", "MLX active", "MLX peak"} <= {m.label for m in at.metric} or at.info
 
 
 def test_playground_classifies_a_test_image_with_both_models():
-    at = app().switch_page("pages/playground.py").run()
+    at = app().switch_page("views/playground.py").run()
     at.radio(key="p_source").set_value("Test-set sample").run()
     at.number_input(key="p_index").set_value(7).run()
     assert not at.exception and not messages(at)
@@ -71,7 +71,7 @@ def test_playground_classifies_a_test_image_with_both_models():
 
 
 def test_playground_chat_answers_from_both_models_and_rejects_empty_prompts():
-    at = app().switch_page("pages/playground.py").run()
+    at = app().switch_page("views/playground.py").run()
     at.slider(key="p_max_tokens").set_value(8)
     at.chat_input(key="p_prompt").set_value("What is the capital of France?").run()
     assert not at.exception and not messages(at)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -149,12 +149,15 @@ def flow(page, server: Server, name: str, errors_expected: bool = False):
     log_start = len(server.log.read_bytes())
     try:
         yield
-    finally:
-        screenshot(page, name)
+    except BaseException:
+        with suppress(Exception):  # the page as it was when the flow failed; never hide the failure itself
+            screenshot(page, name)
+        raise
+    screenshot(page, name)
     expect(page.locator(EXCEPTION)).to_have_count(0)
     assert not TRACEBACK.search(page.locator("body").inner_text()), "a Python traceback is shown on the page"
     log = server.output(log_start)
-    assert not TRACEBACK.search(log), f"the server logged a traceback:\n{log}"
+    assert not TRACEBACK.search(log), f"the server logged a traceback:\n{log[-8000:]}"
     if not errors_expected:
         errors = page.locator(ERROR).all_inner_texts()
         assert not errors, f"error messages on the page: {errors}"
@@ -205,8 +208,8 @@ def test_tradeoffs_charts_the_run(page, server):
     with flow(page, server, "tradeoffs"):
         open_page(page, server, "/tradeoffs", lambda p: p.get_by_test_id("stPlotlyChart").first)
         charts = page.get_by_test_id("stPlotlyChart")
-        assert charts.count() >= 1
-        for i in range(charts.count()):
+        expect(charts).to_have_count(3)  # size, latency (the run was benchmarked) and bits
+        for i in range(3):
             expect(charts.nth(i).locator(".scatterlayer .point").first).to_be_attached()
 
 
@@ -264,4 +267,4 @@ def test_playground_chat_answers_from_both_models(page, server):
         expect(page.get_by_text("Both models decode in turns")).to_be_visible(timeout=CHAT_S * 1000)
         answers = page.get_by_test_id("stMarkdownContainer").filter(has_text="Paris")
         expect(answers).to_have_count(2)
-        expect(page.get_by_text("tokens/s").first).to_be_visible()
+        expect(page.get_by_text(re.compile(r"^8 tokens, .* tokens/s"))).to_have_count(2)  # the slider took

@@ -6,7 +6,7 @@ from PIL import Image
 
 from core import data, models, playground
 from core.errors import LabError
-from pages._ui import PLAYGROUND_TAGS, deployed, error, mb
+from views._ui import PLAYGROUND_TAGS, deployed, error, mb
 
 st.title("Playground")
 vision_tab, chat_tab = st.tabs(["Image", "Chat"])
@@ -85,7 +85,7 @@ with chat_tab:
                     text_box.markdown(texts[title] + ("" if chunk.finish_reason else " ▌"))
                     stats_box.caption(f"{chunk.tokens} tokens, {chunk.tokens_per_s:.1f} tokens/s, "
                                       f"prompt {chunk.prompt_tokens_per_s:.0f} tokens/s, "
-                                      f"peak MLX memory {mb(chunk.peak_memory_bytes)}")
+                                      f"MLX peak memory of the process {mb(chunk.peak_memory_bytes)}")
             st.caption("Both models decode in turns in one process, so each one's tokens/s is roughly halved; "
                        "the Quantize page and `./lab eval` measure decode speed alone.")
         except LabError as e:

@@ -4,7 +4,7 @@ import plotly.express as px
 import streamlit as st
 
 from core import runtime
-from pages._ui import mb, memory_monitor
+from views._ui import mb, memory_monitor
 
 st.title("System")
 env = runtime.describe()
@@ -29,8 +29,9 @@ def live() -> None:
     cols[4].metric("CPU", f"{now['cpu_percent']:.0f} %")
     df = pd.DataFrame(history)
     df["seconds ago"] = df["time"] - now["time"]
-    long = df.melt(id_vars="seconds ago", value_vars=["rss_bytes", "mlx_active_bytes", "mlx_peak_bytes"],
-                   var_name="reading", value_name="bytes")
+    names = {"rss_bytes": "process RSS", "mlx_active_bytes": "MLX active", "mlx_peak_bytes": "MLX peak"}
+    long = df.rename(columns=names).melt(id_vars="seconds ago", value_vars=list(names.values()),
+                                         var_name="reading", value_name="bytes")
     long["MB"] = long["bytes"] / 1e6
     fig = px.line(long, x="seconds ago", y="MB", color="reading", title="Memory over the last 10 minutes")
     st.plotly_chart(fig, width="stretch", key="s_memory_chart")

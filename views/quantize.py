@@ -8,7 +8,7 @@ from core.pipeline import EvalConfig, run_eval
 from core.quantize import AFFINE_BITS, AFFINE_GROUP_SIZES, MODES
 from core.runsummary import comparison_table
 from core.tradeoffs import frame, tradeoff_chart
-from pages._ui import error, memory_monitor
+from views._ui import error, memory_monitor
 
 st.title("Quantize & evaluate")
 memory_monitor()
@@ -47,7 +47,8 @@ if st.button("Run", type="primary", key="q_run"):
         error(e)
         st.stop()
     st.session_state["quantize_running"] = True
-    st.button("Cancel", key="q_cancel", help="Stops the run; results finished so far stay cached.")
+    cancel_slot = st.empty()
+    cancel_slot.button("Cancel", key="q_cancel", help="Stops the run; results finished so far stay cached.")
     bar = st.progress(0.0, text="starting")
     results = []
     try:
@@ -55,13 +56,13 @@ if st.button("Run", type="primary", key="q_run"):
             def progress(fraction, message, i=i, cfg=cfg):
                 bar.progress((i + fraction) / len(configs), text=f"{cfg.spec.tag}: {message}")
             results.append(run_eval(cfg, progress=progress))
-    except LabError as e:
+    except Exception as e:  # LabError, or a bug: one message, the page keeps working
         error(e)
-    except Exception as e:  # a bug must not take the page down
-        error(e)
-    finally:
-        st.session_state["quantize_running"] = False
+    # A Cancel click stops the script inside run_eval with Streamlit's own BaseException, so this line is then
+    # never reached and the next run reports the cancellation.
+    st.session_state["quantize_running"] = False
     bar.empty()
+    cancel_slot.empty()
     if results:
         st.session_state["quantize_results"] = [r.public() for r in results]
 

@@ -4,7 +4,7 @@ import streamlit as st
 
 from core import overview
 from core.demo import demo_rows
-from pages._ui import demo_toggle
+from views._ui import demo_toggle
 
 st.title("MLX Quant Lab")
 st.caption("Post-training quantization of MLX models: what is lost (accuracy, perplexity) and what is gained "

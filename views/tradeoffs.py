@@ -4,7 +4,7 @@ import streamlit as st
 from core import tradeoffs
 from core.demo import demo_rows
 from core.overview import all_result_rows
-from pages._ui import demo_toggle
+from views._ui import demo_toggle
 
 st.title("Trade-offs")
 demo = demo_toggle()
