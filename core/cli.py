@@ -175,6 +175,15 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_loadtest(args) -> int:
+    from core.loadtest import run_load
+
+    report = run_load(args.url, args.chat_model, args.image_model, clients=args.clients, requests=args.requests,
+                      chat_every=args.chat_every, max_tokens=args.max_tokens, api_key=args.api_key)
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0 if report.errors == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="MLX Quant Lab: quantize, evaluate and benchmark MLX models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -200,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set MLXQ_API_KEY)")
     p.add_argument("--memory-budget-mb", type=float, default=2048, help="evict least-recently-used models beyond this")
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("loadtest", help="bounded load test of a running server on this machine")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--chat-model", default="smollm2-135m-instruct@q4g64")
+    p.add_argument("--image-model", default="resnet20@q8")
+    p.add_argument("--clients", type=_positive_int, default=16)
+    p.add_argument("--requests", type=_positive_int, default=256)
+    p.add_argument("--chat-every", type=_positive_int, default=4, help="every Nth request is a chat completion")
+    p.add_argument("--max-tokens", type=_positive_int, default=8)
+    p.add_argument("--api-key", default=None)
+    p.set_defaults(func=cmd_loadtest)
     p = sub.add_parser("demo", help="prepare the dashboard's demo sweep (cached runs for every chart)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("prepare", help="fetch and convert the offline SmolLM2 model into cache/")

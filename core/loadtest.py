@@ -13,6 +13,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from core.errors import LabError
+
 
 @dataclass
 class LoadReport:
@@ -43,7 +45,11 @@ def _rss(client: httpx.Client) -> int:
 
 def run_load(base_url: str, chat_model: str, image_model: str, clients: int = 16, requests: int = 256,
              chat_every: int = 4, max_tokens: int = 8, api_key: str | None = None, timeout_s: float = 600) -> LoadReport:
-    """Every `chat_every`-th request is a chat completion, the rest classify a small PNG. Bounded in count and time."""
+    """Every `chat_every`-th request is a chat completion, the rest classify a small PNG. Bounded in count and time,
+    and only against this machine: a load test is never pointed at someone else's server."""
+    host = httpx.URL(base_url).host
+    if host not in ("localhost", "::1") and not host.startswith("127."):
+        raise LabError(f"Load tests only target this machine (127.0.0.1, localhost, ::1), not {host!r}.")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     png = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(png, "PNG")

@@ -209,7 +209,7 @@ def _eval_vision(cfg, info, model, eval_path, row, step, use_cache) -> EvalResul
     agreement = reference = None
     if not cfg.spec.full_precision:
         step(0.95, "full-precision reference")
-        base = run_eval(replace(cfg.baseline(), bench=False), use_cache=use_cache)
+        base = run_eval(cfg.baseline(), use_cache=use_cache)  # same settings as a baseline run the user made
         agreement = 100.0 * float(np.mean(np.asarray(base.predictions) == acc.predictions))
         reference = base.value
     p = acc.top1
