@@ -39,6 +39,13 @@ def all_result_rows() -> list[dict]:
     return load_rows(result_cache().directory)
 
 
+def results_signature() -> tuple:
+    """Changes whenever a result row is written or removed: a cheap cache key for the rows."""
+    directory = result_cache().directory
+    files = sorted(directory.glob("*.json")) if directory.is_dir() else []
+    return str(directory), len(files), max((f.stat().st_mtime_ns for f in files), default=0)
+
+
 def result_rows(rows: list[dict] | None = None) -> list[dict]:
     """Result rows with the columns a person reads first."""
     rows = all_result_rows() if rows is None else rows

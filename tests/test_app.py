@@ -1,5 +1,7 @@
 """Every dashboard page through Streamlit's AppTest: renders without exception, runs produce rows and charts,
 bad input produces a message."""
+import json
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -82,3 +84,22 @@ def test_playground_chat_answers_from_both_models_and_rejects_empty_prompts():
     assert not at.exception and messages(at) == ["The prompt is empty; type something to send."]
     at.chat_input(key="p_prompt").set_value("x" * 5000).run()
     assert not at.exception and "limit is 4000" in messages(at)[0]
+
+
+def test_demo_mode_shows_only_the_prepared_sweep(tmp_path, monkeypatch):
+    from core import demo
+    from core.pipeline import EvalConfig, cache_key, run_eval
+
+    monkeypatch.setenv("MLXQ_CACHE", str(tmp_path))  # its own demo manifest; results stay in the test folder
+    at = app().switch_page("views/tradeoffs.py").run()
+    at.sidebar.toggle(key="demo_mode").set_value(True).run()
+    assert not at.exception and any("./lab demo" in i.value for i in at.info)
+
+    cfg = EvalConfig("resnet20", bits=6, limit=60, bench=False).validated()
+    run_eval(cfg)
+    run_eval(EvalConfig("resnet20", bits=5, limit=60, bench=False))  # not part of the demo
+    demo.manifest_path().write_text(f'{{"keys": ["{cache_key(cfg)}"]}}')
+    at.run()
+    assert not at.exception and at.get("plotly_chart")
+    tags = {t for chart in at.get("plotly_chart") for t in json.loads(chart.proto.spec)["data"][0].get("hovertext", [])}
+    assert any("q6g64" in t for t in tags) and not any("q5g64" in t for t in tags)

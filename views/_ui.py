@@ -4,6 +4,8 @@ from __future__ import annotations
 import streamlit as st
 
 from core import deploy, monitor
+from core.demo import demo_rows
+from core.overview import all_result_rows, results_signature
 from core.errors import LabError
 
 PLAYGROUND_TAGS = ("fp", "q8", "q6", "q5", "q4", "q4g32", "q3g32", "q2g32", "mxfp4", "nvfp4", "mxfp8")
@@ -19,6 +21,16 @@ def deployed(name: str, tag: str) -> deploy.Deployed:
 @st.cache_resource
 def memory_monitor() -> monitor.MemoryMonitor:
     return monitor.MemoryMonitor()
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _rows(signature: tuple, demo: bool) -> list[dict]:
+    return demo_rows() if demo else all_result_rows()
+
+
+def result_rows(demo: bool) -> list[dict]:
+    """Measured rows (all, or the demo sweep's), re-read from disk only when a row was written or removed."""
+    return _rows(results_signature(), demo)
 
 
 def error(e: Exception) -> None:

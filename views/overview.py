@@ -3,8 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from core import overview
-from core.demo import demo_rows
-from views._ui import demo_toggle
+from views._ui import demo_toggle, result_rows
 
 st.title("MLX Quant Lab")
 st.caption("Post-training quantization of MLX models: what is lost (accuracy, perplexity) and what is gained "
@@ -26,7 +25,7 @@ st.dataframe(pd.DataFrame(status["datasets"]), hide_index=True, width="stretch")
 
 st.subheader("Measured results")
 demo = demo_toggle()
-rows = overview.result_rows(demo_rows() if demo else None)
+rows = overview.result_rows(result_rows(demo))
 if not rows:
     st.info("No demo sweep yet: run `./lab demo`." if demo else
             "No results yet: use the Quantize page, or `./lab eval --model resnet20 --q-bits 4 --limit 1000`.")

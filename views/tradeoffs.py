@@ -2,13 +2,11 @@
 import streamlit as st
 
 from core import tradeoffs
-from core.demo import demo_rows
-from core.overview import all_result_rows
-from views._ui import demo_toggle
+from views._ui import demo_toggle, result_rows
 
 st.title("Trade-offs")
 demo = demo_toggle()
-df = tradeoffs.frame(demo_rows() if demo else all_result_rows())
+df = tradeoffs.frame(result_rows(demo))
 if df.empty:
     st.info("No measured results yet: run a configuration on the Quantize page, or `./lab demo` for a prepared sweep.")
     st.stop()
