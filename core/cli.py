@@ -184,6 +184,18 @@ def cmd_loadtest(args) -> int:
     return 0 if report.errors == 0 else 1
 
 
+def cmd_bench(args) -> int:
+    from core.bench import SECTIONS, run_bench
+
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise LabError(f"Unknown bench section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}.")
+    report = run_bench(sections, Path(args.out), "python -m core bench " + " ".join(sys.argv[2:]), quick=args.quick)
+    print(report.read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="MLX Quant Lab: quantize, evaluate and benchmark MLX models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -219,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=_positive_int, default=8)
     p.add_argument("--api-key", default=None)
     p.set_defaults(func=cmd_loadtest)
+    p = sub.add_parser("bench", help="performance comparison, written as CSV and markdown under docs/bench/")
+    p.add_argument("--sections", default="resnet,ppl,decode,llama-cpp", help="comma-separated sections")
+    p.add_argument("--out", default="docs/bench", help="output folder")
+    p.add_argument("--quick", action="store_true", help="subsets (1,000 images, 2 chunks) for a fast check")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("demo", help="prepare the dashboard's demo sweep (cached runs for every chart)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("prepare", help="fetch and convert the offline SmolLM2 model into cache/")

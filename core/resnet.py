@@ -85,3 +85,30 @@ def preprocess(images: np.ndarray) -> mx.array:
     """uint8 [N, 32, 32, 3] RGB -> normalised float32 NHWC, as the pretrained weights expect."""
     x = images.astype(np.float32) / 255.0
     return mx.array((x - MEAN) / STD)
+
+
+class _Identity(nn.Module):
+    def __call__(self, x: mx.array) -> mx.array:
+        return x
+
+
+def fold_batchnorm(model: CifarResNet) -> CifarResNet:
+    """Fold each inference-mode BatchNorm into the float convolution before it, in place.
+
+    conv(x)·γ/σ + (β − μγ/σ) is one convolution with scaled kernels and a bias: one pass over the activations
+    fewer per layer. Only for float convolutions (quantize or de-quantize first, then fold)."""
+    pairs = [(model, "conv1", "bn1")] + [(block, conv, bn) for stage in (model.layer1, model.layer2, model.layer3)
+                                         for block in stage for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"))]
+    for owner, conv_name, bn_name in pairs:
+        conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
+        if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm):
+            raise ValueError("fold_batchnorm needs float Conv2d layers followed by BatchNorm")
+        scale = bn.weight / mx.sqrt(bn.running_var + bn.eps)
+        folded = nn.Conv2d(conv.weight.shape[-1], conv.weight.shape[0], conv.weight.shape[1:3],
+                           stride=conv.stride, padding=conv.padding, bias=True)
+        folded.weight = conv.weight * scale[:, None, None, None]
+        folded.bias = bn.bias - bn.running_mean * scale + (conv.bias * scale if "bias" in conv else 0)
+        setattr(owner, conv_name, folded)
+        setattr(owner, bn_name, _Identity())
+    mx.eval(model.parameters())
+    return model

@@ -1,5 +1,6 @@
 """The pretrained CIFAR-10 ResNets in MLX: published accuracy, quantized accuracy, and the conv compute paths."""
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
@@ -67,3 +68,12 @@ def test_subsets_are_deterministic_and_balanced():
     counts = np.bincount(labels[a], minlength=10)
     assert counts.min() == 25 and counts.max() == 25
     assert not np.array_equal(a, data.stratified_indices(labels, 250, seed=1))
+
+
+def test_folding_batchnorm_keeps_the_outputs():
+    images, _ = data.load_cifar10("test")
+    x = resnet.preprocess(images[:64])
+    reference = models.load_vision(models.resolve("resnet20"))(x)
+    folded = resnet.fold_batchnorm(models.load_vision(models.resolve("resnet20")))
+    assert not any(isinstance(m, nn.BatchNorm) for m in folded.modules())
+    np.testing.assert_allclose(np.array(mx.compile(folded)(x)), np.array(reference), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,157 @@
+"""`python -m core bench`: the performance comparison, every figure measured side by side in one run, written as
+CSV plus a markdown report (docs/bench/) that names the command, versions and machine."""
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from core import data, evaluate, models, pipeline, resnet, runtime
+from core.quantize import QuantSpec, dequantize_model, quantize_model
+
+
+@dataclass
+class BenchRow:
+    section: str
+    subject: str
+    variant: str
+    value: float
+    unit: str
+    note: str = ""
+
+
+def _best_of(fn, trials: int) -> float:
+    """Fastest wall time of `fn()` in seconds after one warm-up call (fn forces its own evaluation)."""
+    fn()
+    times = []
+    for _ in range(trials):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def resnet_eval_speed(names=("resnet20",), bits=(16, 8, 4), limit: int | None = None, trials: int = 1) -> list[BenchRow]:
+    """Images/s over the CIFAR-10 test set: the plain evaluation (eager, as loaded) against the project's
+    path (de-quantized weights, BatchNorm folded, compiled), with the top-1 agreement of the two."""
+    images, labels = data.load_cifar10("test")
+    idx = data.stratified_indices(labels, limit)
+    x = resnet.preprocess(images[idx])
+    rows = []
+    for name in names:
+        for b in bits:
+            spec = QuantSpec(b).validated()
+            model = models.load_vision(models.resolve(name))
+            quantize_model(model, spec)
+            plain = lambda: evaluate.classify_batches(model, x)
+            t_plain = _best_of(plain, trials)
+            reference = plain().argmax(axis=1)
+            fast_model = resnet.fold_batchnorm(dequantize_model(model))
+            compiled = mx.compile(fast_model)
+            fast = lambda: evaluate.classify_batches(compiled, x)
+            t_fast = _best_of(fast, trials)
+            same = float(np.mean(fast().argmax(axis=1) == reference)) * 100
+            subject = f"{name} {spec.tag}"
+            rows += [BenchRow("resnet-eval", subject, "plain (quantized model, eager)", len(idx) / t_plain, "images/s",
+                              f"{len(idx)} images, {t_plain:.1f} s"),
+                     BenchRow("resnet-eval", subject, "project (de-quantized, BN folded, compiled)", len(idx) / t_fast,
+                              "images/s", f"{len(idx)} images, {t_fast:.1f} s; {same:.2f} % same top-1; "
+                              f"{t_plain / t_fast:.2f}x")]
+    return rows
+
+
+def ppl_eval_speed(chunks: int = 8, trials: int = 1) -> list[BenchRow]:
+    """Scored-window tokens/s: a plain fp32 forward of each 512-token chunk (all logits) against the project's
+    perplexity evaluation of the same chunks."""
+    info = models.resolve("smollm2-135m-instruct")
+    model, tokenizer = models.load(info)
+    tokens = pipeline.wikitext_tokens(info.name, tokenizer)
+    windows = evaluate.chunk_windows(tokens, 512, None)[data.spread_indices(len(tokens) // 512, chunks)]
+
+    def plain():
+        for w in windows:
+            logits = model(mx.array(w[None]))
+            mx.eval(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+
+    t_plain = _best_of(plain, trials)
+    t_fast = _best_of(lambda: evaluate.perplexity(model, windows), trials)
+    n = windows.size
+    return [BenchRow("ppl-eval", "smollm2 fp32", "plain forward, one chunk at a time", n / t_plain, "tokens/s",
+                     f"{len(windows)} chunks of 512"),
+            BenchRow("ppl-eval", "smollm2 fp32", "project perplexity path", n / t_fast, "tokens/s",
+                     f"{len(windows)} chunks of 512; {t_plain / t_fast:.2f}x")]
+
+
+def decode_speed(tags=("fp", "q8", "q4g64"), new_tokens: int = 64, trials: int = 3) -> list[BenchRow]:
+    """Decode tokens/s of mlx_lm.generate against the project's generation path (playground and API), same
+    model, prompt and greedy decoding, trials alternated so both see the same machine state."""
+    from mlx_lm import generate
+
+    from core import deploy, playground
+
+    rows = []
+    for tag in tags:
+        d = deploy.load_deployed(*deploy.parse_model_id(f"smollm2-135m-instruct@{tag}"))
+        prompt = playground.chat_prompt_tokens(d.tokenizer, [{"role": "user", "content": "Tell me about the sea."}])
+        theirs, ours = [], []
+        for _ in range(trials + 1):
+            start = time.perf_counter()
+            generate(d.model, d.tokenizer, prompt, max_tokens=new_tokens)
+            theirs.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for _chunk in playground.stream_chat(d.model, d.tokenizer, prompt, new_tokens, 0.0):
+                pass
+            ours.append(time.perf_counter() - start)
+        # prompt processing is in both; the ratio of whole-request times bounds the decode ratio from below
+        t_theirs, t_ours = min(theirs[1:]), min(ours[1:])
+        rows += [BenchRow("decode", f"smollm2 {tag}", "mlx_lm.generate", new_tokens / t_theirs, "tokens/s",
+                          f"{new_tokens} tokens, greedy, prompt {len(prompt)} tokens, best of {trials}"),
+                 BenchRow("decode", f"smollm2 {tag}", "project (core.playground.stream_chat)", new_tokens / t_ours,
+                          "tokens/s", f"{t_theirs / t_ours:.3f}x of mlx_lm.generate")]
+    return rows
+
+
+def llama_cpp_peer() -> list[BenchRow]:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return [BenchRow("peer", "llama.cpp", "not measured", float("nan"), "",
+                         "llama-cpp-python is not installed (pip install llama-cpp-python builds it, ~10 min)")]
+    raise NotImplementedError("the llama.cpp comparison is not written yet")
+
+
+SECTIONS = {"resnet": resnet_eval_speed, "ppl": ppl_eval_speed, "decode": decode_speed, "llama-cpp": llama_cpp_peer}
+
+
+def run_bench(sections: list[str], out_dir: Path, command: str, quick: bool = False) -> Path:
+    rows: list[BenchRow] = []
+    for name in sections:
+        print(f"bench: {name}", file=sys.stderr, flush=True)
+        fn = SECTIONS[name]
+        if quick and name == "resnet":
+            rows += fn(limit=1000)
+        elif quick and name == "ppl":
+            rows += fn(chunks=2)
+        else:
+            rows += fn()
+    env = runtime.describe()
+    stem = f"{env['backend']}-{env['device'].replace(' ', '_').lower()}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    lines = [f"# Benchmark: {env['backend']} ({env['device']})", "",
+             f"Generated by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
+             "| section | subject | variant | value | unit | note |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.section} | {r.subject} | {r.variant} | {r.value:,.1f} | {r.unit} | {r.note} |" for r in rows]
+    report = out_dir / f"{stem}.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
