@@ -117,3 +117,13 @@ def test_sweep_writes_one_csv_row_per_bit_width(tmp_path):
 
 def test_sweep_rejects_a_bad_width_before_any_work(tmp_path):
     assert_one_error_line(cli("sweep", "--model", "resnet20", "--q-bits", "16,7", results=tmp_path), "--q-bits 7")
+
+
+def test_bench_writes_a_report_and_rejects_unknown_sections(tmp_path):
+    proc = cli("bench", "--sections", "llama-cpp", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    (report,) = tmp_path.glob("*.md")
+    text = report.read_text()
+    assert "python -m core bench --sections llama-cpp" in text and "| peer | llama.cpp |" in text
+    assert "mlx 0.32" in text or "mlx " in text
+    assert_one_error_line(cli("bench", "--sections", "gpu-magic", "--out", str(tmp_path)), "Unknown bench section")
