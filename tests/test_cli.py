@@ -127,3 +127,12 @@ def test_bench_writes_a_report_and_rejects_unknown_sections(tmp_path):
     assert "python -m core bench --sections llama-cpp" in text and "| peer | llama.cpp |" in text
     assert "mlx 0.32" in text or "mlx " in text
     assert_one_error_line(cli("bench", "--sections", "gpu-magic", "--out", str(tmp_path)), "Unknown bench section")
+
+
+def test_an_mlx_lm_folder_loads_by_path(smollm2_dir, tmp_path):
+    proc = cli("eval", "--model", str(smollm2_dir), "--limit", "1", "--ctx", "64", "--no-bench", "--json",
+               results=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)
+    assert row["metric"] == "perplexity" and row["n"] == 31 and 1 < row["value"] < 200
+    assert row["baseline"] == "the folder's weights in float32"
