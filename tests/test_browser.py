@@ -204,6 +204,27 @@ def test_quantize_runs_resnet20_at_4_bits(page, server):
         expect(chart.locator(".scatterlayer .point").first).to_be_attached()
 
 
+def test_quantize_run_can_be_cancelled(page, server):
+    with flow(page, server, "quantize-cancelled"):
+        open_page(page, server, "/quantize", lambda p: p.get_by_role("button", name="Run"))
+        model = page.get_by_test_id("stSelectbox").filter(has_text="Model")
+        model.get_by_role("combobox").click()
+        page.get_by_role("option", name=re.compile(r"^resnet56 ")).click()
+        limit = page.get_by_test_id("stNumberInput").filter(has_text="Evaluation subset").locator("input")
+        limit.fill("0")  # the full test set: long enough to cancel
+        limit.press("Enter")
+        expect(limit).to_have_value("0")
+        page.get_by_role("button", name="Run").click()
+        expect(page.get_by_test_id("stProgress")).to_be_visible(timeout=PAGE_S * 1000)
+        page.get_by_role("button", name="Cancel").click()
+        expect(page.get_by_text("The previous run was cancelled")).to_be_visible(timeout=RUN_S * 1000)
+        # the page settles as it was before the run: Run is back, no progress bar, no Cancel, no result
+        expect(page.get_by_role("button", name="Run")).to_be_visible(timeout=PAGE_S * 1000)
+        expect(page.get_by_test_id("stProgress")).to_have_count(0, timeout=PAGE_S * 1000)
+        expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+        expect(page.get_by_test_id("stDataFrame")).to_have_count(0)
+
+
 def test_tradeoffs_charts_the_run(page, server):
     with flow(page, server, "tradeoffs"):
         open_page(page, server, "/tradeoffs", lambda p: p.get_by_test_id("stPlotlyChart").first)

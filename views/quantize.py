@@ -13,7 +13,8 @@ from views._ui import error, memory_monitor
 st.title("Quantize & evaluate")
 memory_monitor()
 if st.session_state.pop("quantize_running", False):
-    st.warning("The previous run was cancelled. Nothing partial was cached.")
+    st.warning("The previous run was cancelled: configurations it had finished are cached, the interrupted one "
+               "left nothing behind.")
 
 names = list(models.REGISTRY)
 left, right = st.columns(2)
