@@ -66,7 +66,7 @@ def describe() -> dict:
     return {
         "backend": backend(),
         "device": str(info.get("device_name") or mx.default_device()),
-        "openblas": openblas_active(),
+        "openblas": openblas_active() if backend() == "cpu" else None,  # only matters where the CPU computes
         "mlx": mx.__version__,
         "mlx_lm": _version("mlx-lm"),
         "python": platform.python_version(),
