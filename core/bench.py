@@ -12,8 +12,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from core import data, evaluate, models, pipeline, resnet, runtime
-from core.quantize import QuantSpec, dequantize_model, quantize_model
+from core import data, deploy, evaluate, models, pipeline, resnet, runtime
+from core.quantize import QuantSpec, dequantize_model
 
 
 @dataclass
@@ -48,8 +48,7 @@ def resnet_eval_speed(names=("resnet20",), bits=(16, 8, 4), limit: int | None = 
     for name in names:
         for b in bits:
             spec = QuantSpec(b).validated()
-            model = models.load_vision(models.resolve(name))
-            quantize_model(model, spec)
+            model = deploy.load_deployed(models.resolve(name), spec).model
             t_plain, logits = _best_of(lambda: evaluate.classify_batches(model, x), trials,
                                        warmup=lambda: mx.eval(model(x[:500])))
             folded = resnet.fold_batchnorm(dequantize_model(model))
@@ -94,7 +93,7 @@ def decode_speed(tags=("fp", "q8", "q4g64"), new_tokens: int = 64, trials: int =
     model, prompt and greedy decoding, trials alternated so both see the same machine state."""
     from mlx_lm import generate
 
-    from core import deploy, playground
+    from core import playground
 
     rows = []
     for tag in tags:
@@ -137,18 +136,17 @@ def full_eval_speed(names=tuple(resnet.DEPTHS), bits=(16, 8, 6, 5, 4, 3), lm_bit
     for name in names:
         for b in bits:
             spec = QuantSpec(b).validated()
-            model = models.load_vision(models.resolve(name))
-            quantize_model(model, spec)
+            model = deploy.load_deployed(models.resolve(name), spec).model
             t, logits = _best_of(lambda: evaluate.classify_batches(model, x, batch_size=2500), 2,
                                  warmup=lambda: mx.eval(model(x[:2500])))
             acc = evaluate.accuracy(logits, labels)
-            rows.append(BenchRow("full-eval", f"{name} {spec.tag}", "CIFAR-10 test, 10,000 images", t, "s",
+            rows.append(BenchRow("full-eval", f"{name} {spec.tag}", f"CIFAR-10 test, {len(x):,} images", t, "s",
                                  f"{len(x) / t:,.0f} images/s; top-1 {100 * acc.top1:.2f} %"))
     info = models.resolve("smollm2-135m-instruct")
     for b in lm_bits:
         spec = QuantSpec(b).validated()
-        model, tokenizer = models.load(info)
-        quantize_model(model, spec)
+        d = deploy.load_deployed(info, spec)
+        model, tokenizer = d.model, d.tokenizer
         tokens = pipeline.wikitext_tokens(info.name, tokenizer)
         windows = evaluate.chunk_windows(tokens, 512, None)
         t, result = _best_of(lambda: evaluate.perplexity(model, windows, batch_size=16), 1,
@@ -160,7 +158,6 @@ def full_eval_speed(names=tuple(resnet.DEPTHS), bits=(16, 8, 6, 5, 4, 3), lm_bit
 
 def decode_ceiling(tags=("fp", "q8", "q4g64"), dtype: str = "float32") -> list[BenchRow]:
     """Decode tokens/s of the deployed model next to the memory-bandwidth ceiling (bandwidth / bytes of weights)."""
-    from core import deploy
     from core.benchmark import bench_generation
 
     bandwidth = _bandwidth()

@@ -18,6 +18,21 @@ def _checksum(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename: readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class ResultCache:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -41,18 +56,7 @@ class ResultCache:
         return None
 
     def write(self, key: str, body: dict) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"checksum": _checksum(body), "body": body}, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path(key))  # readers see the old entry or the new one, never half of one
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(self.path(key), json.dumps({"checksum": _checksum(body), "body": body}, sort_keys=True))
 
     def items(self) -> list[tuple[str, dict]]:
         """(key, body) of every valid entry (for tables and charts)."""

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from core import models
+from core.cache import atomic_write_text
 from core.pipeline import EvalConfig, cache_key, result_cache, run_eval
 from core.results import load_rows
 
@@ -31,12 +30,7 @@ def prepare_demo(progress=None) -> list[str]:
             progress(i / len(DEMO_CONFIGS), f"{cfg.model} {cfg.validated().spec.tag}")
         run_eval(cfg)
         keys.append(cache_key(cfg.validated()))
-    path = manifest_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"keys": keys}, f)
-    os.replace(tmp, path)
+    atomic_write_text(manifest_path(), json.dumps({"keys": keys}))
     return keys
 
 

@@ -102,15 +102,28 @@ def chat_prompt_tokens(tokenizer, messages: list[dict]) -> list[int]:
     """The chat template applied to the messages, with the assistant turn opened; checked for size."""
     if not messages or not all(isinstance(m.get("content"), str) for m in messages):
         raise LabError("A prompt needs at least one message with text.")
-    if not messages[-1]["content"].strip():
-        raise LabError("The prompt is empty; type something to send.")
-    chars = sum(len(m["content"]) for m in messages)
-    if chars > MAX_PROMPT_CHARS:
-        raise LabError(f"The prompt is {chars} characters long; the limit is {MAX_PROMPT_CHARS}.")
+    _check_text(messages[-1]["content"], sum(len(m["content"]) for m in messages))
     if getattr(tokenizer, "chat_template", None):
         tokens = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     else:
         tokens = tokenizer.encode("\n".join(m["content"] for m in messages))
+    return _checked_length(tokens)
+
+
+def completion_prompt_tokens(tokenizer, text: str) -> list[int]:
+    """A plain-text prompt as tokens, checked like a chat prompt."""
+    _check_text(text, len(text))
+    return _checked_length(tokenizer.encode(text))
+
+
+def _check_text(last: str, chars: int) -> None:
+    if not last.strip():
+        raise LabError("The prompt is empty; type something to send.")
+    if chars > MAX_PROMPT_CHARS:
+        raise LabError(f"The prompt is {chars} characters long; the limit is {MAX_PROMPT_CHARS}.")
+
+
+def _checked_length(tokens) -> list[int]:
     if len(tokens) > MAX_PROMPT_TOKENS:
         raise LabError(f"The prompt is {len(tokens)} tokens long; the limit is {MAX_PROMPT_TOKENS}.")
     return list(tokens)

@@ -181,9 +181,8 @@ class ExactQuantizedEmbedding(nn.QuantizedEmbedding):
         self.compute_dtype = compute_dtype
 
     def __call__(self, x: mx.array) -> mx.array:
-        rows = dequantize_matrix(self.weight[x], self.scales[x], self.get("biases")[x] if "biases" in self else None,
+        return dequantize_matrix(self.weight[x], self.scales[x], self.get("biases")[x] if "biases" in self else None,
                                  spec_of(self), self.compute_dtype)
-        return rows
 
 
 def _quantized_embedding(layer: nn.Embedding, spec: QuantSpec) -> nn.Module:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core import playground, runtime
+from core.deploy import parse_model_id
 from core.errors import LabError
 from core.inference import Cancelled, ModelPool, UnknownModel, Worker
 from core.metrics import Metrics
@@ -99,8 +100,6 @@ class ApiError(Exception):
 
 def create_app(settings: ServeSettings) -> FastAPI:
     for model_id in settings.models:  # a bad id at start-up is the operator's error: fail before serving
-        from core.deploy import parse_model_id
-
         parse_model_id(model_id)
     app = FastAPI(title="MLX Quant Lab API", version="1")
     pool, worker, metrics = ModelPool(settings.models, settings.memory_budget_bytes), Worker(), Metrics()
@@ -175,7 +174,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/v1/models")
     async def list_models():
         return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "mlxq",
-                                            "kind": m.partition("@")[0] and _kind(m)} for m in pool.allowed]}
+                                            "kind": _kind(m)} for m in pool.allowed]}
 
     def sampling(body: _Sampling) -> dict:
         max_tokens = body.max_completion_tokens or body.max_tokens or settings.default_max_tokens
@@ -216,13 +215,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
         def prepare():
             deployed = lm(body.model)
-            text = prompts[0]
-            if not text.strip():
-                raise ApiError(400, "The prompt is empty.", param="prompt")
-            if len(text) > playground.MAX_PROMPT_CHARS:
-                raise ApiError(400, f"The prompt is {len(text)} characters long; the limit is "
-                                    f"{playground.MAX_PROMPT_CHARS}.", param="prompt")
-            return deployed, list(deployed.tokenizer.encode(text))
+            return deployed, playground.completion_prompt_tokens(deployed.tokenizer, prompts[0])
 
         deployed, prompt = await run(prepare)
         return await respond(request, body, deployed, prompt, params, chat=False)

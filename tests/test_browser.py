@@ -177,21 +177,26 @@ def test_overview_renders(page, server):
             ["Overview", "Quantize & evaluate", "Trade-offs", "System", "Playground"])
 
 
+def open_quantize(page, server: Server, model_name: str, limit: str) -> None:
+    """The Quantize page with `model_name` chosen and the evaluation subset set to `limit` images."""
+    open_page(page, server, "/quantize", lambda p: p.get_by_role("button", name="Run"))
+    model = page.get_by_test_id("stSelectbox").filter(has_text="Model")
+    model.get_by_role("combobox").click()
+    page.get_by_role("option", name=re.compile(rf"^{model_name} ")).click()
+    expect(model.get_by_role("combobox")).to_have_value(re.compile(rf"^{model_name} — "))
+    subset = page.get_by_test_id("stNumberInput").filter(has_text="Evaluation subset").locator("input")
+    subset.fill(limit)
+    subset.press("Enter")
+    expect(subset).to_have_value(limit)
+
+
 def test_quantize_runs_resnet20_at_4_bits(page, server):
     with flow(page, server, "quantize"):
-        open_page(page, server, "/quantize", lambda p: p.get_by_role("button", name="Run"))
-        model = page.get_by_test_id("stSelectbox").filter(has_text="Model")
-        model.get_by_role("combobox").click()
-        page.get_by_role("option", name=re.compile(r"^resnet20 ")).click()
-        expect(model.get_by_role("combobox")).to_have_value(re.compile(r"^resnet20 — "))
+        open_quantize(page, server, "resnet20", "100")
         page.get_by_role("button", name="Remove 8").click()
         bits = page.get_by_test_id("stMultiSelect")
         expect(bits.get_by_role("button", name="Remove 8")).to_have_count(0)
         expect(bits.get_by_role("button", name="Remove 4")).to_have_count(1)
-        limit = page.get_by_test_id("stNumberInput").filter(has_text="Evaluation subset").locator("input")
-        limit.fill("100")
-        limit.press("Enter")
-        expect(limit).to_have_value("100")
         expect(page.get_by_test_id("stCheckbox").filter(has_text="Benchmark speed and memory")
                .get_by_role("checkbox")).to_be_checked()
         page.get_by_role("button", name="Run").click()
@@ -206,14 +211,7 @@ def test_quantize_runs_resnet20_at_4_bits(page, server):
 
 def test_quantize_run_can_be_cancelled(page, server):
     with flow(page, server, "quantize-cancelled"):
-        open_page(page, server, "/quantize", lambda p: p.get_by_role("button", name="Run"))
-        model = page.get_by_test_id("stSelectbox").filter(has_text="Model")
-        model.get_by_role("combobox").click()
-        page.get_by_role("option", name=re.compile(r"^resnet56 ")).click()
-        limit = page.get_by_test_id("stNumberInput").filter(has_text="Evaluation subset").locator("input")
-        limit.fill("0")  # the full test set: long enough to cancel
-        limit.press("Enter")
-        expect(limit).to_have_value("0")
+        open_quantize(page, server, "resnet56", "0")  # the full test set: long enough to cancel
         page.get_by_role("button", name="Run").click()
         expect(page.get_by_test_id("stProgress")).to_be_visible(timeout=PAGE_S * 1000)
         page.get_by_role("button", name="Cancel").click()

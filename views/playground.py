@@ -5,7 +5,6 @@ import streamlit as st
 from PIL import Image
 
 from core import data, models, playground
-from core.errors import LabError
 from views._ui import PLAYGROUND_TAGS, deployed, error, mb
 
 st.title("Playground")
@@ -46,9 +45,7 @@ with vision_tab:
             top5_panel(a, f"Full precision ({mb(full.size_bytes)})", playground.classify(full.model, image32))
             top5_panel(b, f"{tag} ({mb(quantized.size_bytes)}, {quantized.bits_per_weight:.2f} bits/weight)",
                        playground.classify(quantized.model, image32))
-    except LabError as e:
-        error(e)
-    except Exception as e:
+    except Exception as e:  # LabError or a bug: one message, the page keeps working
         error(e)
 
 with chat_tab:
@@ -88,7 +85,5 @@ with chat_tab:
                                       f"MLX peak memory of the process {mb(chunk.peak_memory_bytes)}")
             st.caption("Both models decode in turns in one process, so each one's tokens/s is roughly halved; "
                        "the Quantize page and `./lab eval` measure decode speed alone.")
-        except LabError as e:
-            error(e)
-        except Exception as e:
+        except Exception as e:  # LabError or a bug: one message, the page keeps working
             error(e)
