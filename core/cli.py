@@ -44,7 +44,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--q-group-size", type=int, default=None, help="affine: 32, 64 (default) or 128")
     p.add_argument("--q-mode", default="affine", help="affine (default), mxfp4, nvfp4 or mxfp8")
     p.add_argument("--q-quantizer", default="minmax", help="affine rounding: minmax (default) or mlx (mx.quantize)")
-    p.add_argument("--method", default="rtn", help="quantization method: rtn (round to nearest)")
+    p.add_argument("--method", default="rtn", help="rtn (round to nearest, default), gptq, awq (language models) "
+                   "or mixed (per-layer bit widths from measured sensitivities; needs --target-bpw)")
+    p.add_argument("--calib", type=_positive_int, default=None, help="calibration size for calibrated methods: "
+                   "CIFAR-10 train images (default 512) or WikiText-2 validation chunks (default 32)")
+    p.add_argument("--target-bpw", type=float, default=None, help="mixed: bits-per-weight budget, e.g. 4.5")
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="evaluate on a deterministic subset: N images or N 512-token chunks (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset choice")
@@ -65,7 +69,7 @@ def _config(args, bits: int):
     from core.pipeline import EvalConfig
 
     return EvalConfig(model=args.model, bits=bits, group_size=args.q_group_size, mode=args.q_mode,
-                      method=args.method, quantizer=args.q_quantizer, limit=args.limit, seed=args.seed,
+                      method=args.method, calib=args.calib, target_bpw=args.target_bpw, quantizer=args.q_quantizer, limit=args.limit, seed=args.seed,
                       keep_first=args.keep_first, keep_last=args.keep_last, eval_path=args.eval_path,
                       dtype=args.dtype, ctx=args.ctx, bos=args.bos, bench=not args.no_bench, bench_prefill=args.bench_prefill,
                       bench_decode=args.bench_decode)
@@ -116,7 +120,7 @@ def cmd_sweep(args) -> int:
     configs = [_config(args, b).validated() for b in args.q_bits]  # reject a bad width before any work
     rows = []
     for cfg in configs:
-        print(f"{cfg.model} {cfg.spec.tag} ...", file=sys.stderr, flush=True)
+        print(f"{cfg.model} {cfg.tag} ...", file=sys.stderr, flush=True)
         rows.append(run_eval(cfg, use_cache=not args.no_cache, progress=_stderr_progress).public())
         print(file=sys.stderr)
         print(_summary(EvalResult.from_dict({**rows[-1], "predictions": None})))
@@ -163,9 +167,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from core.serve import DEFAULT_MODELS, ServeSettings, serve
+    from core.serve import ServeSettings, default_models, serve
 
-    models = [m.strip() for m in (args.models or ",".join(DEFAULT_MODELS)).split(",") if m.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else default_models()
     settings = ServeSettings(models=models, api_key=args.api_key or os.environ.get("MLXQ_API_KEY"),
                              memory_budget_bytes=int(args.memory_budget_mb * 1024**2))
     where = f"http://{args.host}:{args.port}"
@@ -178,7 +182,10 @@ def cmd_serve(args) -> int:
 def cmd_loadtest(args) -> int:
     from core.loadtest import run_load
 
-    report = run_load(args.url, args.chat_model, args.image_model, clients=args.clients, requests=args.requests,
+    from core.models import default_vision_model
+
+    image_model = args.image_model or f"{default_vision_model()}@q8"
+    report = run_load(args.url, args.chat_model, image_model, clients=args.clients, requests=args.requests,
                       chat_every=args.chat_every, max_tokens=args.max_tokens, api_key=args.api_key)
     print(json.dumps(report.as_dict(), indent=2))
     return 0 if report.errors == 0 else 1
@@ -193,6 +200,19 @@ def cmd_bench(args) -> int:
         raise LabError(f"Unknown bench section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}.")
     report = run_bench(sections, Path(args.out), "python -m core bench " + " ".join(sys.argv[2:]), quick=args.quick)
     print(report.read_text())
+    return 0
+
+
+def cmd_train(args) -> int:
+    from core.train import Recipe, train, write_curve
+
+    recipe = Recipe(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    weight_decay=args.weight_decay, seed=args.seed, limit=args.limit)
+    out = Path(args.out)
+    history = train(recipe, out, progress=_stderr_progress, eval_every=args.eval_every)
+    print(f"\nfinal test top-1 {history[-1]['test_top1']:.2f} % after {len(history)} epochs "
+          f"({sum(h['seconds'] for h in history):.0f} s of training); curve: {write_curve(out) or 'needs plotly'}",
+          file=sys.stderr)
     return 0
 
 
@@ -224,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("loadtest", help="bounded load test of a running server on this machine")
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--chat-model", default="smollm2-135m-instruct@q4g64")
-    p.add_argument("--image-model", default="resnet20@q8")
+    p.add_argument("--image-model", default=None, help="default: resnet20@q8 (resnet20-mlxq@q8 without the mirror)")
     p.add_argument("--clients", type=_positive_int, default=16)
     p.add_argument("--requests", type=_positive_int, default=256)
     p.add_argument("--chat-every", type=_positive_int, default=4, help="every Nth request is a chat completion")
@@ -236,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/bench", help="output folder")
     p.add_argument("--quick", action="store_true", help="subsets (1,000 images, 2 chunks) for a fast check")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("train", help="train a CIFAR-10 ResNet from scratch (resumes from --out)")
+    p.add_argument("--model", default="resnet20", help="resnet20 (default), resnet32, resnet44 or resnet56")
+    p.add_argument("--epochs", type=_positive_int, default=200)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (cosine schedule)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=_positive_int, default=None, help="train on N images (smoke tests)")
+    p.add_argument("--eval-every", type=_positive_int, default=1, help="test accuracy every N epochs (curve)")
+    p.add_argument("--out", default="cache/train/resnet20", help="checkpoints, history.json and curve.html")
+    p.set_defaults(func=cmd_train)
     p = sub.add_parser("demo", help="prepare the dashboard's demo sweep (cached runs for every chart)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("prepare", help="fetch and convert the offline SmolLM2 model into cache/")

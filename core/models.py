@@ -28,9 +28,13 @@ class ModelInfo:
     baseline: str  # what "full precision" means for this model; shown wherever the baseline is
 
 
+OWN_RESNET = "resnet20-mlxq"  # trained by this project (core/train.py); its weights ship in the repository
+OWN_RESNET_DIR = REPO_ROOT / "models" / OWN_RESNET
 VISION_MODELS = {
-    name: ModelInfo(name, "vision", f"ResNet-{name[6:]} (CIFAR-10, pretrained, akamaster)", "float32 weights")
-    for name in resnet.DEPTHS
+    **{name: ModelInfo(name, "vision", f"ResNet-{name[6:]} (CIFAR-10, pretrained, akamaster)", "float32 weights")
+       for name in resnet.DEPTHS},
+    OWN_RESNET: ModelInfo(OWN_RESNET, "vision", "ResNet-20 (CIFAR-10, trained by this project in MLX)",
+                          "float32 weights"),
 }
 LM_MODELS = {
     "smollm2-135m-instruct": ModelInfo(
@@ -64,7 +68,22 @@ def resnet_weights_path(name: str) -> Path:
     return root / relative
 
 
+def vision_ready(name: str) -> bool:
+    """Whether a vision model's weights are on this machine (the own ResNet always is)."""
+    try:
+        return name == OWN_RESNET or resnet_weights_path(name).is_file()
+    except LabError:
+        return False
+
+
+def default_vision_model() -> str:
+    """The imported ResNet-20 where the data mirror has it, else the project's own (works on a bare clone)."""
+    return "resnet20" if vision_ready("resnet20") else OWN_RESNET
+
+
 def load_vision(info: ModelInfo) -> nn.Module:
+    if info.name == OWN_RESNET:
+        return resnet.load_mlx_safetensors(resnet.build("resnet20"), OWN_RESNET_DIR / "model.safetensors")
     return resnet.load_pytorch_safetensors(resnet.build(info.name), resnet_weights_path(info.name))
 
 

@@ -9,6 +9,8 @@ from core.results import LEAD_COLUMNS, load_rows
 
 def _model_status(info: models.ModelInfo) -> str:
     try:
+        if info.name == models.OWN_RESNET:
+            return "ready (in the repository)"
         if info.kind == "vision":
             models.resnet_weights_path(info.name)
             return "ready (data mirror)"

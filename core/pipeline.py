@@ -14,11 +14,10 @@ from core import data, evaluate, models, resnet, runtime
 from core.benchmark import bench_classifier, bench_generation
 from core.cache import ResultCache, digest
 from core.errors import LabError
-from core.quantize import (QuantSpec, bits_per_weight, dequantize_model, quantize_model, size_bytes,
-                           weight_layer_paths)
+from core.methods import DEFAULT_CALIBRATION, METHODS, Calibration, apply_method
+from core.quantize import QuantSpec, bits_per_weight, dequantize_model, size_bytes, weight_layer_paths
 
-RESULTS_VERSION = 1  # bump when a change alters measured values, so old cache entries are not reused
-METHODS = ("rtn",)
+RESULTS_VERSION = 2  # bump when a change alters measured values, so old cache entries are not reused
 EVAL_PATHS = ("auto", "dequant", "kernel")
 BOS_POLICIES = ("auto", "always", "never")
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
@@ -32,7 +31,9 @@ class EvalConfig:
     bits: int = 16
     group_size: int | None = None
     mode: str = "affine"
-    method: str = "rtn"
+    method: str = "rtn"  # rtn, gptq, awq or mixed (core.methods)
+    calib: int | None = None  # calibration images / chunks for calibrated methods (None: the method's default)
+    target_bpw: float | None = None  # mixed precision: the bits-per-weight budget
     quantizer: str = "minmax"
     limit: int | None = None  # images (vision) or 512-token chunks (LM); None = the full test set
     seed: int = 0
@@ -51,6 +52,15 @@ class EvalConfig:
         spec = QuantSpec(self.bits, self.group_size, self.mode, self.quantizer).validated()
         if not spec.full_precision and self.method not in METHODS:
             raise LabError(f"Unknown method {self.method!r}; available: {', '.join(METHODS)}.")
+        calibrated = not spec.full_precision and self.method != "rtn"
+        if calibrated and spec.mode != "affine":
+            raise LabError(f"Method {self.method} works on affine quantization; {spec.mode} is round-to-nearest only.")
+        if calibrated and spec.quantizer != "minmax":
+            raise LabError(f"Method {self.method} uses this project's min-max grid; drop --q-quantizer mlx.")
+        if self.calib is not None and self.calib <= 0:
+            raise LabError(f"--calib must be a positive number, not {self.calib}.")
+        if self.method == "mixed" and not spec.full_precision and (self.target_bpw is None or self.target_bpw <= 0):
+            raise LabError("Method mixed needs --target-bpw, the bits-per-weight budget (e.g. 4.5).")
         if self.eval_path not in EVAL_PATHS:
             raise LabError(f"--eval-path must be one of {', '.join(EVAL_PATHS)}.")
         if self.dtype not in DTYPES:
@@ -63,6 +73,8 @@ class EvalConfig:
             raise LabError("--ctx must be an even number of tokens, at least 8.")
         return replace(self, bits=spec.bits, group_size=spec.group_size, mode=spec.mode, quantizer=spec.quantizer,
                        method="none" if spec.full_precision else self.method,
+                       calib=(self.calib or DEFAULT_CALIBRATION[info.kind]) if calibrated else None,
+                       target_bpw=self.target_bpw if calibrated and self.method == "mixed" else None,
                        keep_first=self.keep_first and not spec.full_precision,
                        keep_last=self.keep_last and not spec.full_precision)
 
@@ -70,9 +82,16 @@ class EvalConfig:
     def spec(self) -> QuantSpec:
         return QuantSpec(self.bits, self.group_size, self.mode, self.quantizer)
 
+    @property
+    def tag(self) -> str:
+        """The spec's tag, with the method when it is not round-to-nearest: 'q4g64', 'q4g64-gptq', 'mixed4.5'."""
+        if self.method == "mixed":
+            return f"mixed{self.target_bpw:g}-g{self.group_size}"
+        return self.spec.tag + ("" if self.method in ("rtn", "none") else f"-{self.method}")
+
     def baseline(self) -> "EvalConfig":
         return replace(self, bits=16, group_size=None, mode="affine", quantizer="minmax", method="none",
-                       keep_first=False, keep_last=False)
+                       calib=None, target_bpw=None, keep_first=False, keep_last=False)
 
 
 @dataclass
@@ -156,8 +175,10 @@ def run_eval(config: EvalConfig, use_cache: bool = True, progress: evaluate.Prog
     model, tokenizer = models.load(info, DTYPES[cfg.dtype])
     layers = weight_layer_paths(model)
     keep = {p for p, wanted in ((layers[0], cfg.keep_first), (_output_layer(model, layers), cfg.keep_last)) if wanted}
-    step(0.05, f"quantizing ({cfg.spec.tag})")
-    report = quantize_model(model, cfg.spec, keep)
+    step(0.05, f"quantizing ({cfg.tag})")
+    report = apply_method(model, tokenizer, info.kind, cfg.spec, cfg.method, keep,
+                          Calibration(cfg.calib or 0, cfg.ctx, cfg.seed, cfg.target_bpw),
+                          progress=lambda f, m: step(0.05 + 0.05 * f, m))
     row = dict(size_bytes=size_bytes(model), bits_per_weight=bits_per_weight(model),
                layers_quantized=len(report.quantized), layers_kept=report.kept, layers_padded=report.padded)
     eval_path = cfg.eval_path if cfg.eval_path != "auto" else ("dequant" if runtime.backend() == "cpu" else "kernel")
@@ -187,7 +208,7 @@ def _common(cfg: EvalConfig, info: models.ModelInfo, eval_path: str, speed, row:
         rss_bytes=speed.rss_bytes, bench_protocol=speed.protocol,
         prefill_tokens_per_s=speed.extra.get("prefill_tokens_per_s"))
     return dict(model=cfg.model, method=cfg.method, bits=cfg.bits, group_size=cfg.group_size, mode=cfg.mode,
-                backend=runtime.backend(), tag=cfg.spec.tag, kind=info.kind, baseline=info.baseline,
+                backend=runtime.backend(), tag=cfg.tag, kind=info.kind, baseline=info.baseline,
                 eval_path=eval_path, config=asdict(cfg), environment=runtime.describe(),
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **{"latency_ms_p50": None, "throughput": None, "peak_memory_bytes": None, **speed_fields}, **row)

@@ -161,11 +161,11 @@ def weight_layer_paths(model: nn.Module) -> list[str]:
             if isinstance(m, WEIGHT_LAYERS)]
 
 
-def _quantized_linear(layer: nn.Linear, spec: QuantSpec) -> nn.Module:
+def _quantized_linear(layer: nn.Linear, spec: QuantSpec, packed=None) -> nn.Module:
     out_dims, in_dims = layer.weight.shape
     q = nn.QuantizedLinear(in_dims, out_dims, bias="bias" in layer, group_size=spec.group_size,
                            bits=spec.bits, mode=spec.mode)
-    _set_quantized(q, layer.weight, spec)
+    _set_quantized(q, layer.weight, spec, packed)
     if "bias" in layer:
         q.bias = layer.bias
     return q
@@ -185,50 +185,60 @@ class ExactQuantizedEmbedding(nn.QuantizedEmbedding):
                                  spec_of(self), self.compute_dtype)
 
 
-def _quantized_embedding(layer: nn.Embedding, spec: QuantSpec) -> nn.Module:
+def _quantized_embedding(layer: nn.Embedding, spec: QuantSpec, packed=None) -> nn.Module:
     num, dims = layer.weight.shape
     q = ExactQuantizedEmbedding(num, dims, group_size=spec.group_size, bits=spec.bits, mode=spec.mode,
                                 compute_dtype=layer.weight.dtype)
-    _set_quantized(q, layer.weight, spec)
+    _set_quantized(q, layer.weight, spec, packed)
     return q
 
 
-def _set_quantized(module: nn.Module, weight: mx.array, spec: QuantSpec) -> None:
-    wq, scales, biases = quantize_matrix(weight, spec)
+def _set_quantized(module: nn.Module, weight: mx.array, spec: QuantSpec, packed=None) -> None:
+    wq, scales, biases = packed if packed is not None else quantize_matrix(weight, spec)
     module.weight, module.scales = wq, scales
     if biases is not None:
         module.biases = biases
     mx.eval(module.parameters())
 
 
-def quantize_model(model: nn.Module, spec: QuantSpec, keep: set[str] = frozenset()) -> QuantReport:
+def quantize_model(model: nn.Module, spec: QuantSpec, keep: set[str] = frozenset(),
+                   specs: dict[str, QuantSpec] | None = None, packed: dict[str, tuple] | None = None) -> QuantReport:
     """Replace the model's Linear, Embedding and Conv2d layers by quantized ones, in place.
 
-    `keep` lists layer paths to leave in full precision. Linear and Embedding layers whose input width does
-    not divide by the group size stay in full precision and are reported; convolutions are zero-padded."""
+    `keep` lists layer paths to leave in full precision. `specs` gives some layers another spec than `spec`
+    (mixed precision; a full-precision spec keeps the layer). `packed` gives some layers their packed
+    (weight, scales, biases) already, as calibrated methods choose them (GPTQ); the rest are rounded to nearest.
+    Linear and Embedding layers whose input width does not divide by the group size stay in full precision and
+    are reported; convolutions are zero-padded."""
     spec = spec.validated()
+    specs = {path: s.validated() for path, s in (specs or {}).items()}
+    packed = packed or {}
     report = QuantReport()
-    if spec.full_precision:
+    if spec.full_precision and not specs:
         return report
 
     def convert(path: str, module: nn.Module) -> nn.Module:
         if not isinstance(module, WEIGHT_LAYERS):
             return module
-        if path in keep:
-            report.kept[path] = "kept in full precision on request"
+        layer_spec = specs.get(path, spec)
+        if path in keep or layer_spec.full_precision:
+            report.kept[path] = "kept in full precision on request" if path in keep else "full precision by the recipe"
             return module
+        given = packed.get(path)
         if isinstance(module, nn.Conv2d):
-            q = QuantizedConv2d.from_conv(module, spec, quantize_matrix)
+            q = QuantizedConv2d.from_conv(module, layer_spec,
+                                          quantize_matrix if given is None else (lambda _w, _s: given))
             if q.padded_k != q.k:
                 report.padded[path] = f"{q.k} -> {q.padded_k}"
             report.quantized.append(path)
             return q
         width = module.weight.shape[-1]
-        if width % spec.group_size:
-            report.kept[path] = f"input width {width} does not divide by group size {spec.group_size}"
+        if width % layer_spec.group_size:
+            report.kept[path] = f"input width {width} does not divide by group size {layer_spec.group_size}"
             return module
         report.quantized.append(path)
-        return _quantized_linear(module, spec) if isinstance(module, nn.Linear) else _quantized_embedding(module, spec)
+        make = _quantized_linear if isinstance(module, nn.Linear) else _quantized_embedding
+        return make(module, layer_spec, given)
 
     leaves = tree_map_with_path(convert, model.leaf_modules(), is_leaf=nn.Module.is_module)
     model.update_modules(leaves)

@@ -81,6 +81,17 @@ def load_pytorch_safetensors(model: CifarResNet, path: Path) -> CifarResNet:
     return model
 
 
+def load_mlx_safetensors(model: CifarResNet, path: Path) -> CifarResNet:
+    """Load weights saved by MLX itself (core/train.py): OHWI kernels, MLX parameter names."""
+    try:
+        model.load_weights(str(path), strict=True)
+    except Exception as cause:
+        raise LabError(f"Could not load ResNet weights {path}: {cause}") from cause
+    mx.eval(model.parameters())
+    model.eval()
+    return model
+
+
 def preprocess(images: np.ndarray) -> mx.array:
     """uint8 [N, 32, 32, 3] RGB -> normalised float32 NHWC, as the pretrained weights expect."""
     x = images.astype(np.float32) / 255.0

@@ -27,13 +27,20 @@ from core.errors import LabError
 from core.inference import Cancelled, ModelPool, UnknownModel, Worker
 from core.metrics import Metrics
 
-DEFAULT_MODELS = ("smollm2-135m-instruct@q4g64", "smollm2-135m-instruct@q8", "smollm2-135m-instruct@fp",
-                  "resnet20@q8", "resnet20@q4g32", "resnet20@fp")
+
+
+def default_models() -> list[str]:
+    """A few of each kind; the vision model is the project's own ResNet-20 where the data mirror is absent."""
+    from core.models import default_vision_model
+
+    vision = default_vision_model()
+    return ["smollm2-135m-instruct@q4g64", "smollm2-135m-instruct@q8", "smollm2-135m-instruct@fp",
+            f"{vision}@q8", f"{vision}@q4g32", f"{vision}@fp"]
 
 
 @dataclass
 class ServeSettings:
-    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    models: list[str] = field(default_factory=default_models)
     api_key: str | None = None
     memory_budget_bytes: int = 2 * 1024**3
     max_json_bytes: int = 1024 * 1024

@@ -1,5 +1,10 @@
 """Shared test set-up: the data mirror (../shared unless MLXQ_MIRROR says otherwise) and a private result cache."""
 import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,3 +42,42 @@ def smollm2(smollm2_dir):
     import mlx_lm
 
     return mlx_lm.load(str(smollm2_dir))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def api_server(args: list[str], folder: Path, env: dict | None = None):
+    """`python -m core serve ARGS` on a free loopback port; yields its URL, fails the test if it dies."""
+    import httpx
+
+    port = free_port()
+    log = open(folder / "server.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--port", str(port), *args], cwd=REPO,
+                            stdout=log, stderr=log, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            log.seek(0)
+            pytest.fail(f"server did not start: {log.read()}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        assert proc.returncode in (0, -15), "the server died"
+
+
+def without_mirror() -> dict:
+    """The environment of a bare clone: no data mirror, and the hub unreachable (it is here anyway)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLXQ_MIRROR"}
+    return {**env, "MLXQ_MIRROR": "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, without_mirror
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
@@ -46,7 +46,7 @@ TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 class Server:
     """`streamlit run app.py` on a free port; its output goes to a log file the flows check for tracebacks."""
 
-    def __init__(self, results: Path, log: Path):
+    def __init__(self, results: Path, log: Path, env: dict | None = None):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -56,7 +56,7 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
              "--server.port", str(self.port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env={**os.environ, "MLXQ_RESULTS": str(results)}, stdout=self._log_file,
+            cwd=REPO, env={**(env or os.environ), "MLXQ_RESULTS": str(results)}, stdout=self._log_file,
             stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_healthy(self, timeout: float) -> None:
@@ -91,15 +91,27 @@ class Server:
         self._log_file.close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("browser")
-    srv = Server(results=folder / "results", log=folder / "streamlit.log")
+@contextmanager
+def running_server(folder: Path, env: dict | None = None):
+    srv = Server(results=folder / "results", log=folder / "streamlit.log", env=env)
     try:
         srv.wait_healthy(SERVER_START_S)
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("browser")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def bare_server(tmp_path_factory):
+    """The dashboard of a fresh clone: no data mirror, no hub."""
+    with running_server(tmp_path_factory.mktemp("bare"), env=without_mirror()) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -287,3 +299,15 @@ def test_playground_chat_answers_from_both_models(page, server):
         answers = page.get_by_test_id("stMarkdownContainer").filter(has_text="Paris")
         expect(answers).to_have_count(2)
         expect(page.get_by_text(re.compile(r"^8 tokens, .* tokens/s"))).to_have_count(2)  # the slider took
+
+
+def test_bare_clone_playground_classifies_an_upload_with_the_own_resnet(page, bare_server):
+    with flow(page, bare_server, "bare-clone-playground"):
+        open_page(page, bare_server, "/playground", lambda p: p.get_by_test_id("stFileUploader"))
+        model = page.get_by_test_id("stSelectbox").filter(has_text="Model").first
+        expect(model.get_by_role("combobox")).to_have_value("resnet20-mlxq")
+        page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(
+            {"name": "gradient.png", "mimeType": "image/png", "buffer": png(120, 90)})
+        panels = page.get_by_test_id("stMarkdownContainer").filter(has_text=re.compile(r" \d+\.\d ms$"))
+        expect(panels).to_have_count(2, timeout=RUN_S * 1000)
+        expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(2)

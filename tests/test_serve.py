@@ -3,9 +3,6 @@ client disconnects, metrics, and a bounded load test."""
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, needs_mirror
+from conftest import REPO, api_server, needs_mirror
 
 pytestmark = needs_mirror
 KEY = "test-key"
@@ -24,34 +21,11 @@ LM_Q = "smollm2-135m-instruct@q8"
 IMG = "resnet20@q8"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--port", str(port), "--api-key", KEY,
-                             "--models", f"{LM},{LM_Q},{IMG},resnet20@fp"], cwd=REPO, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            log.seek(0)
-            pytest.fail(f"server did not start: {log.read()}")
+    with api_server(["--api-key", KEY, "--models", f"{LM},{LM_Q},{IMG},resnet20@fp"],
+                    tmp_path_factory.mktemp("serve")) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        assert proc.returncode in (0, -15), "the server died"
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from core import overview
+from core import models, overview, train
 from views._ui import demo_toggle, result_rows
 
 st.title("MLX Quant Lab")
@@ -22,6 +22,15 @@ cols[3].metric("OpenBLAS", {True: "active", False: "missing", None: "n/a"}[env["
 st.subheader("Models and data")
 st.dataframe(pd.DataFrame(status["models"]), hide_index=True, width="stretch")
 st.dataframe(pd.DataFrame(status["datasets"]), hide_index=True, width="stretch")
+
+st.subheader(f"The project's own ResNet-20 ({models.OWN_RESNET})")
+own = train.load_history(models.OWN_RESNET_DIR)
+final, where = own["epochs"][-1], own["environment"]
+st.caption(f"Trained from scratch with `python -m core train` on CIFAR-10 train ({len(own['epochs'])} epochs, "
+           f"{sum(e['seconds'] for e in own['epochs']) / 60:.1f} min on {where['device']}, {where['backend']} backend, "
+           f"MLX {where['mlx']}): final test top-1 {final['test_top1']:.2f} % on all 10,000 test images "
+           "(the last epoch's weights, never a picked best). Recipe and command: models/resnet20-mlxq/README.md.")
+st.plotly_chart(train.curve_figure(own["epochs"]), width="stretch")
 
 st.subheader("Measured results")
 demo = demo_toggle()

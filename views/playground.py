@@ -20,7 +20,8 @@ def top5_panel(column, title: str, result: playground.Classification) -> None:
 with vision_tab:
     vision_models = [n for n, i in models.REGISTRY.items() if i.kind == "vision"]
     left, right = st.columns(2)
-    name = left.selectbox("Model", vision_models, key="p_vision_model")
+    name = left.selectbox("Model", vision_models, index=vision_models.index(models.default_vision_model()),
+                          key="p_vision_model")
     tag = right.selectbox("Quantization", PLAYGROUND_TAGS[1:], index=3, key="p_vision_tag")
     source = st.radio("Image", ["Upload", "Test-set sample"], horizontal=True, key="p_source")
     image32 = None

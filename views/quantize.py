@@ -18,7 +18,8 @@ if st.session_state.pop("quantize_running", False):
 
 names = list(models.REGISTRY)
 left, right = st.columns(2)
-name = left.selectbox("Model", names, key="q_model", format_func=lambda n: f"{n} — {models.REGISTRY[n].title}")
+name = left.selectbox("Model", names, index=names.index(models.default_vision_model()), key="q_model",
+                      format_func=lambda n: f"{n} — {models.REGISTRY[n].title}")
 info = models.REGISTRY[name]
 mode = right.selectbox("Mode", MODES, key="q_mode", help="affine: integers with a scale and bias per group; "
                        "mxfp4 / nvfp4 / mxfp8: small floats with a shared scale (fixed bits and group size)")
@@ -55,7 +56,7 @@ if st.button("Run", type="primary", key="q_run"):
     try:
         for i, cfg in enumerate(configs):
             def progress(fraction, message, i=i, cfg=cfg):
-                bar.progress((i + fraction) / len(configs), text=f"{cfg.spec.tag}: {message}")
+                bar.progress((i + fraction) / len(configs), text=f"{cfg.validated().tag}: {message}")
             results.append(run_eval(cfg, progress=progress))
     except Exception as e:  # LabError, or a bug: one message, the page keeps working
         error(e)
