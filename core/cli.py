@@ -203,6 +203,27 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from core.export import export_model
+    from core.pipeline import EvalConfig
+
+    config = EvalConfig(model=args.model, bits=args.q_bits, group_size=args.q_group_size, mode=args.q_mode,
+                        method=args.method, calib=args.calib, target_bpw=args.target_bpw, quantizer=args.q_quantizer,
+                        seed=args.seed, keep_first=args.keep_first, keep_last=args.keep_last, dtype=args.dtype,
+                        ctx=args.ctx, bench=False)
+    result = export_model(config, Path(args.out), force=args.force, progress=_stderr_progress)
+    form = ("model.safetensors + quantization.json; reload with core.export.load_exported(DIR)"
+            if result.kind == "vision" else "mlx-lm folder; mlx_lm.load / python -m mlx_lm generate --model DIR")
+    lines = [f"\nexported {args.model} {result.tag} to {result.path}",
+             f"  {form}",
+             f"  size: {result.size_bytes / 1e6:.2f} MB of arrays, {result.bits_per_weight:.3f} bits/weight; "
+             f"{result.file_bytes / 1e6:.2f} MB on disk",
+             f"  {result.report.summary()}; full-precision layers in {args.dtype}"]
+    print("\n".join(lines), file=sys.stderr)
+    print(result.path)
+    return 0
+
+
 def cmd_train(args) -> int:
     from core.train import Recipe, train, write_curve
 
@@ -251,6 +272,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=_positive_int, default=8)
     p.add_argument("--api-key", default=None)
     p.set_defaults(func=cmd_loadtest)
+    p = sub.add_parser("export", help="quantize one configuration and write it to a folder (mlx-lm folder for "
+                       "language models, safetensors + quantization.json for ResNets)")
+    p.add_argument("--model", required=True, help="registry name, an mlx-lm folder or a Hugging Face id")
+    p.add_argument("--q-bits", type=int, required=True, help="2, 3, 4, 5, 6, 8 (16: full precision)")
+    p.add_argument("--q-group-size", type=int, default=None, help="affine: 32, 64 (default) or 128")
+    p.add_argument("--q-mode", default="affine", help="affine (default), mxfp4, nvfp4 or mxfp8")
+    p.add_argument("--q-quantizer", default="minmax", help="affine rounding: minmax (default) or mlx")
+    p.add_argument("--method", default="rtn", help="rtn (default), gptq, awq or mixed, as for eval")
+    p.add_argument("--calib", type=_positive_int, default=None, help="calibration size for calibrated methods")
+    p.add_argument("--target-bpw", type=float, default=None, help="mixed: bits-per-weight budget")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
+    p.add_argument("--ctx", type=_positive_int, default=512, help="LM calibration chunk length in tokens")
+    p.add_argument("--keep-first", action="store_true", help="keep the first layer in full precision")
+    p.add_argument("--keep-last", action="store_true", help="keep the output layer in full precision")
+    p.add_argument("--dtype", default="float32", help="LM dtype of the full-precision layers: float32, "
+                   "bfloat16 or float16")
+    p.add_argument("--out", required=True, help="folder to write (created; an earlier export there is replaced)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty folder export did not create")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("bench", help="performance comparison, written as CSV and markdown under docs/bench/")
     p.add_argument("--sections", default="resnet,ppl,decode,llama-cpp", help="comma-separated sections")
     p.add_argument("--out", default="docs/bench", help="output folder")
