@@ -74,19 +74,26 @@ class QuantizedConv2d(nn.Module):
         return y + self.bias if "bias" in self else y
 
     def _conv_qmm(self, x: mx.array) -> mx.array:
-        n, h, w, c = x.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        x = mx.pad(x, [(0, 0), (ph, ph), (pw, pw), (0, 0)])
-        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        # im2col in the weight's (kh, kw, I) order.
-        patches = [x[:, i: i + sh * (ho - 1) + 1: sh, j: j + sw * (wo - 1) + 1: sw, :]
-                   for i in range(kh) for j in range(kw)]
-        cols = mx.concatenate(patches, axis=-1).reshape(n * ho * wo, self.k)
-        if self.padded_k != self.k:
-            cols = mx.pad(cols, [(0, 0), (0, self.padded_k - self.k)])
+        cols, (n, ho, wo) = im2col(x, self.kernel_size, self.stride, self.padding, self.padded_k)
         y = mx.quantized_matmul(cols, self.weight, self.scales, self.get("biases"), transpose=True,
                                 group_size=self.group_size, bits=self.bits, mode=self.mode)
         return y.reshape(n, ho, wo, self.out_channels)
+
+
+def im2col(x: mx.array, kernel_size, stride, padding, width: int | None = None):
+    """NHWC input -> rows of patches [N*Ho*Wo, kh*kw*C] in the OHWI weight's (kh, kw, I) order, zero-padded on
+    the right to `width` columns; also returns (N, Ho, Wo)."""
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    x = mx.pad(x, [(0, 0), (ph, ph), (pw, pw), (0, 0)])
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    patches = [x[:, i: i + sh * (ho - 1) + 1: sh, j: j + sw * (wo - 1) + 1: sw, :]
+               for i in range(kh) for j in range(kw)]
+    k = kh * kw * c
+    cols = mx.concatenate(patches, axis=-1).reshape(n * ho * wo, k)
+    if width is not None and width > k:
+        cols = mx.pad(cols, [(0, 0), (0, width - k)])
+    return cols, (n, ho, wo)
 
 
 def _pair(v) -> tuple[int, int]:
