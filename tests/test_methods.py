@@ -55,3 +55,39 @@ def test_gptq_resnet_at_3_bits_beats_round_to_nearest_on_test_images():
     assert rows["gptq"].bits_per_weight == pytest.approx(rows["rtn"].bits_per_weight, abs=1e-9)
     assert rows["gptq"].value > rows["rtn"].value + 1.0, (rows["rtn"].value, rows["gptq"].value)
     assert rows["gptq"].agreement > rows["rtn"].agreement
+
+
+def _truncated_smollm2(blocks: int):
+    """SmolLM2's real weights, first `blocks` transformer blocks only: a smaller real LLaMA for fast tests."""
+    from core import models
+
+    model, tokenizer = models.load(models.resolve("smollm2-135m-instruct"))
+    model.model.layers = model.model.layers[:blocks]
+    return model, tokenizer
+
+
+def _mean_kl(reference: mx.array, logits: mx.array) -> float:
+    p = mx.softmax(reference, axis=-1)
+    return float((p * (mx.log_softmax(reference, axis=-1) - mx.log_softmax(logits, axis=-1))).sum(-1).mean())
+
+
+@needs_mirror
+@pytest.mark.parametrize("method", ["awq", "gptq"])
+def test_calibrated_lm_methods_lose_less_than_round_to_nearest(smollm2_dir, method):
+    """Four real SmolLM2 blocks at 3 bits: calibrated on validation text, judged on test text by the KL of the
+    output distribution against full precision."""
+    from core import data
+    from core.methods import Calibration, apply_method
+    from core.quantize import QuantSpec
+
+    spec = QuantSpec(3, 64).validated()
+    full, tokenizer = _truncated_smollm2(4)
+    test = tokenizer.encode(data.load_wikitext2_test()[:20000], add_special_tokens=False)[:512]
+    test = mx.array(np.asarray(test, dtype=np.int32).reshape(2, 256))
+    reference = full(test)
+    kl = {}
+    for name in ("rtn", method):
+        model, _ = _truncated_smollm2(4)
+        apply_method(model, tokenizer, "lm", spec, name, set(), Calibration(4, ctx=128))
+        kl[name] = _mean_kl(reference, model(test))
+    assert kl[method] < 0.9 * kl["rtn"], kl
