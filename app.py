@@ -6,6 +6,7 @@ navigation = st.navigation([
     st.Page("views/overview.py", title="Overview", default=True),
     st.Page("views/quantize.py", title="Quantize & evaluate"),
     st.Page("views/tradeoffs.py", title="Trade-offs"),
+    st.Page("views/sensitivity.py", title="Sensitivity"),
     st.Page("views/system.py", title="System"),
     st.Page("views/playground.py", title="Playground"),
 ])

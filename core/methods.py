@@ -51,4 +51,8 @@ def apply_method(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, method
         return quantize_model(model, spec, keep)
     if spec.mode != "affine":
         raise LabError(f"Method {method} works on affine quantization; {spec.mode} is round-to-nearest only.")
+    if method == "mixed":
+        from core.sensitivity import quantize_mixed
+
+        return quantize_mixed(model, tokenizer, kind, spec, keep, calibration, step)
     raise LabError(f"Unknown method {method!r}; available: {', '.join(METHODS)}.")

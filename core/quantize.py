@@ -140,6 +140,7 @@ class QuantReport:
     quantized: list[str] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)  # path -> why it stayed in full precision
     padded: dict[str, str] = field(default_factory=dict)  # path -> 'K -> K_padded'
+    layer_bits: dict[str, int] = field(default_factory=dict)  # mixed precision: path -> the width it got
 
     def summary(self) -> str:
         parts = [f"{len(self.quantized)} layers quantized"]

@@ -103,3 +103,50 @@ def test_demo_mode_shows_only_the_prepared_sweep(tmp_path, monkeypatch):
     assert not at.exception and at.get("plotly_chart")
     tags = {t for chart in at.get("plotly_chart") for t in json.loads(chart.proto.spec)["data"][0].get("hovertext", [])}
     assert any("q6g64" in t for t in tags) and not any("q5g64" in t for t in tags)
+
+
+def test_sensitivity_page_measures_a_table_then_shows_it_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLXQ_SENSITIVITY", str(tmp_path / "sensitivity"))
+
+    def page():
+        at = app().switch_page("views/sensitivity.py").run()
+        at.selectbox(key="s_model").set_value("resnet20-mlxq")
+        at.multiselect(key="s_bits").set_value([8, 2])
+        at.number_input(key="s_calib_vision").set_value(32)
+        return at.run()
+
+    at = page()
+    assert not at.exception and any("Not measured yet" in i.value for i in at.info)
+    at.button(key="s_run").click().run()
+    assert not at.exception and not messages(at)
+    (chart,) = at.get("plotly_chart")
+    traces = json.loads(chart.proto.spec)["data"]
+    assert [t["name"] for t in traces] == ["2-bit", "8-bit", "mixed-precision choice"]
+    assert "KL" in traces[0]["hovertemplate"] and "agreement" in traces[0]["hovertemplate"]
+    assert len(traces[0]["x"]) == 20
+    caption = next(c.value for c in at.caption if c.value.startswith("Protocol:"))
+    assert "CIFAR-10 train, 32 class-stratified images" in caption and "measured in" in caption
+    assert "Ringed: the mixed-precision choice for 4.5 bits/weight" in caption
+    assert len(at.dataframe[0].value) == 20
+
+    at = page()  # a fresh session: shown at once, without Run
+    assert not at.exception and not at.info
+    assert any("from the cache" in c.value for c in at.caption) and len(at.get("plotly_chart")) == 1
+
+
+def test_quantize_page_runs_the_mixed_method_within_its_target(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLXQ_SENSITIVITY", str(tmp_path / "sensitivity"))
+    at = app().switch_page("views/quantize.py").run()
+    at.selectbox(key="q_model").set_value("resnet20-mlxq").run()
+    assert "awq" not in at.selectbox(key="q_method_vision").options  # AWQ is for language models
+    at.selectbox(key="q_method_vision").set_value("mixed").run()
+    at.multiselect(key="q_bits").set_value([6])
+    at.number_input(key="q_calib_mixed_vision").set_value(32)
+    at.number_input(key="q_target_bpw").set_value(8.0)
+    at.number_input(key="q_limit").set_value(100)
+    at.checkbox(key="q_bench").uncheck()
+    at.button(key="q_run").click().run()
+    assert not at.exception and not messages(at)
+    table = at.dataframe[0].value
+    assert list(table["configuration"]) == ["resnet20-mlxq fp", "resnet20-mlxq mixed8-g64"]
+    assert float(table["bits/weight"].iloc[1]) <= 8.0

@@ -56,7 +56,8 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
              "--server.port", str(self.port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env={**(env or os.environ), "MLXQ_RESULTS": str(results)}, stdout=self._log_file,
+            cwd=REPO, env={**(env or os.environ), "MLXQ_RESULTS": str(results),
+                           "MLXQ_SENSITIVITY": str(results.parent / "sensitivity")}, stdout=self._log_file,
             stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_healthy(self, timeout: float) -> None:
@@ -186,7 +187,7 @@ def test_overview_renders(page, server):
         expect(page.get_by_role("heading", name="MLX Quant Lab")).to_be_visible()
         expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
         expect(page.get_by_test_id("stSidebarNavLink")).to_have_text(
-            ["Overview", "Quantize & evaluate", "Trade-offs", "System", "Playground"])
+            ["Overview", "Quantize & evaluate", "Trade-offs", "Sensitivity", "System", "Playground"])
 
 
 def open_quantize(page, server: Server, model_name: str, limit: str) -> None:
@@ -242,6 +243,24 @@ def test_tradeoffs_charts_the_run(page, server):
         expect(charts).to_have_count(3)  # size, latency (the run was benchmarked) and bits
         for i in range(3):
             expect(charts.nth(i).locator(".scatterlayer .point").first).to_be_attached()
+
+
+def test_sensitivity_measures_and_charts_each_layer(page, server):
+    with flow(page, server, "sensitivity"):
+        open_page(page, server, "/sensitivity", lambda p: p.get_by_role("button", name="Run"))
+        bits = page.get_by_test_id("stMultiSelect")
+        for width in ("4", "3"):
+            bits.get_by_role("button", name=f"Remove {width}").click()
+            expect(bits.get_by_role("button", name=f"Remove {width}")).to_have_count(0)
+        calib = page.get_by_test_id("stNumberInput").filter(has_text="Calibration size").locator("input")
+        calib.fill("32")
+        calib.press("Enter")
+        expect(page.get_by_text("Not measured yet", exact=False)).to_be_visible()
+        page.get_by_role("button", name="Run").click()
+        chart = page.get_by_test_id("stPlotlyChart")
+        expect(chart.locator(".scatterlayer .point").first).to_be_attached(timeout=RUN_S * 1000)
+        expect(page.get_by_text("Protocol: CIFAR-10 train, 32 class-stratified images", exact=False)).to_be_visible()
+        expect(page.get_by_test_id("stDataFrame")).to_contain_text("layer1.0.conv1")
 
 
 def test_system_shows_live_readings(page, server):

@@ -136,3 +136,18 @@ def test_an_mlx_lm_folder_loads_by_path(smollm2_dir, tmp_path):
     row = json.loads(proc.stdout)
     assert row["metric"] == "perplexity" and row["n"] == 31 and 1 < row["value"] < 200
     assert row["baseline"] == "the folder's weights in float32"
+
+
+@needs_mirror
+def test_sensitivity_prints_the_table_its_json_and_the_allocation(tmp_path):
+    env = {"MLXQ_SENSITIVITY": str(tmp_path / "sensitivity")}
+    proc = cli("sensitivity", "--model", "resnet20-mlxq", "--bits", "4,8", "--calib", "16", "--target-bpw", "6",
+               "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert len(out["rows"]) == 40 and {r["bits"] for r in out["rows"]} == {4, 8}
+    assert set(out["allocation"].values()) <= {4, 8} and out["predicted_bits_per_weight"] <= 6
+    proc = cli("sensitivity", "--model", "resnet20-mlxq", "--bits", "4,8", "--calib", "16", env=env)  # cached
+    assert proc.returncode == 0, proc.stderr
+    assert "KL@4" in proc.stdout and "agree@8" in proc.stdout and "CIFAR-10 train, 16" in proc.stdout
+    assert_one_error_line(cli("sensitivity", "--model", "resnet20-mlxq", "--bits", "7", env=env), "--q-bits 7")

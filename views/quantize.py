@@ -4,9 +4,11 @@ import streamlit as st
 
 from core import models
 from core.errors import LabError
+from core.methods import DEFAULT_CALIBRATION, METHODS
 from core.pipeline import EvalConfig, run_eval
 from core.quantize import AFFINE_BITS, AFFINE_GROUP_SIZES, MODES
 from core.runsummary import comparison_table
+from core.sensitivity import DEFAULT_CALIBRATION as SENSITIVITY_CALIBRATION
 from core.tradeoffs import frame, tradeoff_chart
 from views._ui import error, memory_monitor
 
@@ -32,6 +34,25 @@ else:
 unit = "images (0 = all 10,000)" if info.kind == "vision" else "512-token chunks (0 = all 592)"
 limit = left.number_input(f"Evaluation subset: {unit}", min_value=0, max_value=100000,
                           value=1000 if info.kind == "vision" else 4, step=1, key="q_limit")
+if mode == "affine":
+    offered = [m for m in METHODS if m != "awq" or info.kind == "lm"]  # AWQ is for language models
+    method = right.selectbox("Method", offered, key=f"q_method_{info.kind}", help="rtn: round to nearest; gptq, "
+                             "awq: calibrated rounding / scaling; mixed: per-layer bit widths from measured "
+                             "sensitivities within a bits-per-weight target (see the Sensitivity page)")
+else:
+    method = "rtn"
+calib = target_bpw = None
+if method != "rtn":
+    # mixed measures every layer at every width: its CPU-affordable default is smaller.
+    default = (SENSITIVITY_CALIBRATION if method == "mixed" else DEFAULT_CALIBRATION)[info.kind]
+    what = "CIFAR-10 train images" if info.kind == "vision" else "WikiText-2 validation chunks"
+    calib = int(left.number_input(f"Calibration size: {what}", min_value=1, max_value=50000, value=default, step=1,
+                                  key=f"q_calib_{method}_{info.kind}"))
+if method == "mixed":
+    target_bpw = float(right.number_input("Target bits per weight", min_value=1.0, max_value=32.0, value=4.5,
+                                          step=0.1, key="q_target_bpw"))
+    left.caption("mixed: each bit width above is the lowest a layer may get; layers get up to 8 bits within the "
+                 "target.")
 keep_first = right.checkbox("Keep the first layer in full precision", key="q_keep_first")
 keep_last = right.checkbox("Keep the output layer in full precision", key="q_keep_last")
 bench = right.checkbox("Benchmark speed and memory", value=True, key="q_bench")
@@ -41,8 +62,9 @@ if st.button("Run", type="primary", key="q_run"):
         if mode == "affine" and not bits:
             raise LabError("Pick at least one bit width to compare with full precision.")
         base = EvalConfig(name, limit=int(limit) or None, bench=bench)
-        configs = [base] + [EvalConfig(name, bits=b or 4, group_size=group, mode=mode, limit=int(limit) or None,
-                                       keep_first=keep_first, keep_last=keep_last, bench=bench)
+        configs = [base] + [EvalConfig(name, bits=b or 4, group_size=group, mode=mode, method=method, calib=calib,
+                                       target_bpw=target_bpw, limit=int(limit) or None, keep_first=keep_first,
+                                       keep_last=keep_last, bench=bench)
                             for b in (bits or [])]
         configs = [c.validated() for c in configs]  # every mistake is reported before any work starts
     except LabError as e:
