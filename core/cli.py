@@ -49,6 +49,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", type=_positive_int, default=None, help="calibration size for calibrated methods: "
                    "CIFAR-10 train images (default 512) or WikiText-2 validation chunks (default 32)")
     p.add_argument("--target-bpw", type=float, default=None, help="mixed: bits-per-weight budget, e.g. 4.5")
+    p.add_argument("--act-bits", type=int, default=None, help="ResNets: simulate 8-bit activations (W8A8 with "
+                   "--q-bits 8), ranges calibrated on CIFAR-10 train images")
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="evaluate on a deterministic subset: N images or N 512-token chunks (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset choice")
@@ -69,7 +71,8 @@ def _config(args, bits: int):
     from core.pipeline import EvalConfig
 
     return EvalConfig(model=args.model, bits=bits, group_size=args.q_group_size, mode=args.q_mode,
-                      method=args.method, calib=args.calib, target_bpw=args.target_bpw, quantizer=args.q_quantizer, limit=args.limit, seed=args.seed,
+                      method=args.method, calib=args.calib, target_bpw=args.target_bpw, act_bits=args.act_bits,
+                      quantizer=args.q_quantizer, limit=args.limit, seed=args.seed,
                       keep_first=args.keep_first, keep_last=args.keep_last, eval_path=args.eval_path,
                       dtype=args.dtype, ctx=args.ctx, bos=args.bos, bench=not args.no_bench, bench_prefill=args.bench_prefill,
                       bench_decode=args.bench_decode)
@@ -97,6 +100,9 @@ def _summary(r) -> str:
         lines.append(f"  kept in full precision: {r.layers_kept}")
     if r.layers_padded:
         lines.append(f"  padded to the group size: {r.layers_padded}")
+    if r.layer_bits:
+        counts = {b: sum(1 for v in r.layer_bits.values() if v == b) for b in sorted(set(r.layer_bits.values()))}
+        lines.append("  mixed precision, layers per width: " + ", ".join(f"{n} at {b} bits" for b, n in counts.items()))
     lines.append(f"  {'from cache' if r.cached else f'computed in {r.eval_seconds:.1f} s'}")
     return "\n".join(lines)
 

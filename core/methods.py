@@ -51,6 +51,21 @@ def apply_method(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, method
         return quantize_model(model, spec, keep)
     if spec.mode != "affine":
         raise LabError(f"Method {method} works on affine quantization; {spec.mode} is round-to-nearest only.")
+    if method == "gptq":
+        from core.gptq import gptq_lm, gptq_resnet
+
+        if kind == "vision":
+            packed = gptq_resnet(model, spec, keep, calibration_images(calibration.size, calibration.seed), step)
+        else:
+            packed = gptq_lm(model, spec, keep, calibration_tokens(tokenizer, calibration.size, calibration.ctx), step)
+        return quantize_model(model, spec, keep, packed=packed)
+    if method == "awq":
+        from core.awq import awq_lm
+
+        if kind == "vision":
+            raise LabError("AWQ is for language models; for ResNets use gptq (with BatchNorm bias correction).")
+        awq_lm(model, spec, calibration_tokens(tokenizer, calibration.size, calibration.ctx), step)
+        return quantize_model(model, spec, keep)
     if method == "mixed":
         from core.sensitivity import quantize_mixed
 

@@ -14,6 +14,7 @@ from core import data, evaluate, models, resnet, runtime
 from core.benchmark import bench_classifier, bench_generation
 from core.cache import ResultCache, digest
 from core.errors import LabError
+from core.actquant import ACT_BITS
 from core.methods import DEFAULT_CALIBRATION, METHODS, Calibration, apply_method
 from core.quantize import QuantSpec, bits_per_weight, dequantize_model, size_bytes, weight_layer_paths
 
@@ -34,6 +35,7 @@ class EvalConfig:
     method: str = "rtn"  # rtn, gptq, awq or mixed (core.methods)
     calib: int | None = None  # calibration images / chunks for calibrated methods (None: the method's default)
     target_bpw: float | None = None  # mixed precision: the bits-per-weight budget
+    act_bits: int | None = None  # ResNets: simulated integer activations (8 = W*A8), ranges from train images
     quantizer: str = "minmax"
     limit: int | None = None  # images (vision) or 512-token chunks (LM); None = the full test set
     seed: int = 0
@@ -57,6 +59,8 @@ class EvalConfig:
             raise LabError(f"Method {self.method} works on affine quantization; {spec.mode} is round-to-nearest only.")
         if calibrated and spec.quantizer != "minmax":
             raise LabError(f"Method {self.method} uses this project's min-max grid; drop --q-quantizer mlx.")
+        if self.act_bits is not None and (self.act_bits not in ACT_BITS or info.kind != "vision"):
+            raise LabError(f"--act-bits takes {', '.join(map(str, ACT_BITS))} and applies to the ResNets only.")
         if self.calib is not None and self.calib <= 0:
             raise LabError(f"--calib must be a positive number, not {self.calib}.")
         if self.method == "mixed" and not spec.full_precision and (self.target_bpw is None or self.target_bpw <= 0):
@@ -73,10 +77,18 @@ class EvalConfig:
             raise LabError("--ctx must be an even number of tokens, at least 8.")
         return replace(self, bits=spec.bits, group_size=spec.group_size, mode=spec.mode, quantizer=spec.quantizer,
                        method="none" if spec.full_precision else self.method,
-                       calib=(self.calib or DEFAULT_CALIBRATION[info.kind]) if calibrated else None,
+                       calib=(self.calib or self._default_calibration(info.kind)) if calibrated or self.act_bits else None,
                        target_bpw=self.target_bpw if calibrated and self.method == "mixed" else None,
                        keep_first=self.keep_first and not spec.full_precision,
                        keep_last=self.keep_last and not spec.full_precision)
+
+    def _default_calibration(self, kind: str) -> int:
+        """mixed measures every layer at every width: it defaults to the sensitivity table's smaller sizes."""
+        if self.method == "mixed":
+            from core.sensitivity import DEFAULT_CALIBRATION as SENSITIVITY_CALIBRATION
+
+            return SENSITIVITY_CALIBRATION[kind]
+        return DEFAULT_CALIBRATION[kind]
 
     @property
     def spec(self) -> QuantSpec:
@@ -85,13 +97,14 @@ class EvalConfig:
     @property
     def tag(self) -> str:
         """The spec's tag, with the method when it is not round-to-nearest: 'q4g64', 'q4g64-gptq', 'mixed4.5'."""
+        activations = f"-a{self.act_bits}" if self.act_bits else ""
         if self.method == "mixed":
-            return f"mixed{self.target_bpw:g}-g{self.group_size}"
-        return self.spec.tag + ("" if self.method in ("rtn", "none") else f"-{self.method}")
+            return f"mixed{self.target_bpw:g}-g{self.group_size}{activations}"
+        return self.spec.tag + ("" if self.method in ("rtn", "none") else f"-{self.method}") + activations
 
     def baseline(self) -> "EvalConfig":
         return replace(self, bits=16, group_size=None, mode="affine", quantizer="minmax", method="none",
-                       calib=None, target_bpw=None, keep_first=False, keep_last=False)
+                       calib=None, target_bpw=None, act_bits=None, keep_first=False, keep_last=False)
 
 
 @dataclass
@@ -132,6 +145,7 @@ class EvalResult:
     layers_quantized: int = 0
     layers_kept: dict = field(default_factory=dict)
     layers_padded: dict = field(default_factory=dict)
+    layer_bits: dict = field(default_factory=dict)  # mixed precision: the width each layer got
     eval_path: str = ""
     config: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
@@ -179,8 +193,14 @@ def run_eval(config: EvalConfig, use_cache: bool = True, progress: evaluate.Prog
     report = apply_method(model, tokenizer, info.kind, cfg.spec, cfg.method, keep,
                           Calibration(cfg.calib or 0, cfg.ctx, cfg.seed, cfg.target_bpw),
                           progress=lambda f, m: step(0.05 + 0.05 * f, m))
+    if cfg.act_bits:
+        from core.actquant import quantize_activations
+        from core.methods import calibration_images
+
+        quantize_activations(model, layers, calibration_images(cfg.calib, cfg.seed), cfg.act_bits)
     row = dict(size_bytes=size_bytes(model), bits_per_weight=bits_per_weight(model),
-               layers_quantized=len(report.quantized), layers_kept=report.kept, layers_padded=report.padded)
+               layers_quantized=len(report.quantized), layers_kept=report.kept, layers_padded=report.padded,
+               layer_bits=report.layer_bits)
     eval_path = cfg.eval_path if cfg.eval_path != "auto" else ("dequant" if runtime.backend() == "cpu" else "kernel")
     if cfg.spec.full_precision:
         eval_path = "float"
@@ -239,7 +259,9 @@ def _eval_vision(cfg, info, model, eval_path, row, step, use_cache) -> EvalResul
         stderr=100 * float(np.sqrt(p * (1 - p) / acc.n)), n=acc.n, ci95_low=100 * acc.ci95[0],
         ci95_high=100 * acc.ci95[1], top5=100 * acc.top5, agreement=agreement, reference_value=reference,
         protocol=(f"CIFAR-10 test, {acc.n} images" + ("" if cfg.limit is None or cfg.limit >= 10000 else
-                  f" (class-stratified subset, seed {cfg.seed})") + "; top-1 %, 95 % Wilson interval"),
+                  f" (class-stratified subset, seed {cfg.seed})") + "; top-1 %, 95 % Wilson interval"
+                  + (f"; activations simulated at {cfg.act_bits} bits, per-tensor ranges from {cfg.calib} CIFAR-10 "
+                     "train images" if cfg.act_bits else "")),
         predictions=acc.predictions.tolist())
 
 

@@ -33,6 +33,10 @@ def comparison_table(rows: list[dict]) -> tuple[list[dict], list[str]]:
         if r.get("layers_padded"):
             notes.append(f"{r['model']} {r['tag']}: {len(r['layers_padded'])} convolutions zero-padded to the group "
                          "size (counted in the size)")
+        if r.get("layer_bits"):
+            widths = sorted(set(r["layer_bits"].values()))
+            notes.append(f"{r['model']} {r['tag']}: mixed precision, " + ", ".join(
+                f"{sum(v == b for v in r['layer_bits'].values())} layers at {b} bits" for b in widths))
     protocols = sorted({r["protocol"] for r in rows})
     notes += [f"Protocol: {p}" for p in protocols]
     notes += sorted({f"Speed: {r['bench_protocol']} ({r['backend']}, {r.get('environment', {}).get('device', '')})"
