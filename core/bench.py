@@ -174,13 +174,74 @@ def decode_ceiling(tags=("fp", "q8", "q4g64"), dtype: str = "float32") -> list[B
     return rows
 
 
-def llama_cpp_peer() -> list[BenchRow]:
+def llama_cpp_peer(chunks: int = 4, prompt_tokens: int = 512, new_tokens: int = 64,
+                   tags=("fp", "q8", "q4g32")) -> list[BenchRow]:
+    """llama.cpp (llama-cpp-python) on the very GGUF this project converts SmolLM2 from (Q4_1 linear layers,
+    Q8_0 embedding), on the same CPU threads: prefill and greedy-decode tokens/s and perplexity on the same
+    token windows (the project's tokenization, second half of each 512-token chunk scored), next to the project's
+    deployed models at the closest widths, measured in the same run."""
     try:
-        import llama_cpp  # noqa: F401
+        import llama_cpp
     except ImportError:
         return [BenchRow("peer", "llama.cpp", "not measured", float("nan"), "",
-                         "llama-cpp-python is not installed (pip install llama-cpp-python builds it, ~10 min)")]
-    raise NotImplementedError("the llama.cpp comparison is not written yet")
+                         "llama-cpp-python is not installed (pip install llama-cpp-python==0.3.36 builds it, ~10 min)")]
+    import os
+
+    from core.benchmark import bench_generation
+    from core.gguf import find_or_fetch_smollm2_gguf
+
+    info = models.resolve("smollm2-135m-instruct")
+    gguf = find_or_fetch_smollm2_gguf(models.cache_root() / "downloads")
+    threads = os.cpu_count() or 1
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=max(512, prompt_tokens + new_tokens + 8), n_batch=512,
+                          n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)
+    d = deploy.load_deployed(info, QuantSpec().validated())
+    tokens = pipeline.wikitext_tokens(info.name, d.tokenizer)
+    windows = evaluate.chunk_windows(tokens, 512, None)[data.spread_indices(len(tokens) // 512, chunks)]
+    prompt = tokens[:prompt_tokens]
+
+    def llama_prefill_decode():
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(prompt.tolist())
+        prefill = time.perf_counter() - start
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        start = time.perf_counter()
+        for _ in range(new_tokens):
+            llm.eval([token])
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        return prefill, time.perf_counter() - start
+
+    def llama_perplexity() -> float:
+        nll = []
+        for window in windows:
+            llm.reset()
+            llm.eval(window.tolist())
+            logits = np.asarray(llm.scores[: len(window)], dtype=np.float64)
+            top = logits.max(axis=1, keepdims=True)
+            logp = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+            half = len(window) // 2
+            nll += [-logp[i, window[i + 1]] for i in range(half - 1, len(window) - 1)]
+        return float(np.exp(np.mean(nll)))
+
+    llama_prefill_decode()  # warm-up
+    prefill_s, decode_s = min((llama_prefill_decode() for _ in range(2)), key=lambda t: t[0] + t[1])
+    where = f"{threads} threads, prompt {prompt_tokens} tokens, {new_tokens} greedy steps"
+    rows = [BenchRow("peer", "llama.cpp GGUF (Q4_1, embedding Q8_0)", "prefill", prompt_tokens / prefill_s,
+                     "tokens/s", where),
+            BenchRow("peer", "llama.cpp GGUF (Q4_1, embedding Q8_0)", "decode", new_tokens / decode_s, "tokens/s",
+                     where),
+            BenchRow("peer", "llama.cpp GGUF (Q4_1, embedding Q8_0)", "perplexity", llama_perplexity(), "PPL",
+                     f"{len(windows)} WikiText-2 test chunks of 512, second half scored, project tokens")]
+    for tag in tags:
+        d = deploy.load_deployed(*deploy.parse_model_id(f"{info.name}@{tag}"))
+        speed = bench_generation(d.model, prompt, decode_tokens=new_tokens)  # the deployed, quantized kernels
+        subject = f"project smollm2 {tag} ({d.bits_per_weight:.2f} bpw)"
+        ppl = evaluate.perplexity(dequantize_model(d.model), windows).ppl  # proven equal, BLAS speed on CPU
+        rows += [BenchRow("peer", subject, "prefill", speed.extra["prefill_tokens_per_s"], "tokens/s", where),
+                 BenchRow("peer", subject, "decode", speed.throughput, "tokens/s", where),
+                 BenchRow("peer", subject, "perplexity", ppl, "PPL", f"the same {len(windows)} chunks")]
+    return rows
 
 
 def _number(value: float) -> str:

@@ -267,7 +267,9 @@ def test_system_shows_live_readings(page, server):
     with flow(page, server, "system"):
         open_page(page, server, "/system", lambda p: p.get_by_test_id("stMetricLabel").filter(has_text="Process RSS"))
         expect(page.get_by_test_id("stMetricValue").first).to_contain_text("MB")
-        expect(page.get_by_test_id("stPlotlyChart")).to_be_visible()
+        chart = page.get_by_test_id("stPlotlyChart")
+        expect(chart).to_have_count(1)  # waits out the previous page's chart, which lingers for a moment
+        expect(chart).to_be_visible()
 
 
 def png(width: int, height: int) -> bytes:

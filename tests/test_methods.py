@@ -75,20 +75,20 @@ def _mean_kl(reference: mx.array, logits: mx.array) -> float:
 @needs_mirror
 @pytest.mark.parametrize("method", ["awq", "gptq"])
 def test_calibrated_lm_methods_lose_less_than_round_to_nearest(smollm2_dir, method):
-    """Two real SmolLM2 blocks at 3 bits: calibrated on validation text, judged on test text by the KL of the
+    """Four real SmolLM2 blocks at 3 bits: calibrated on validation text, judged on test text by the KL of the
     output distribution against full precision."""
     from core import data
     from core.methods import Calibration, apply_method
     from core.quantize import QuantSpec
 
     spec = QuantSpec(3, 64).validated()
-    full, tokenizer = _truncated_smollm2(2)
+    full, tokenizer = _truncated_smollm2(4)
     test = tokenizer.encode(data.load_wikitext2_test()[:20000], add_special_tokens=False)[:512]
     test = mx.array(np.asarray(test, dtype=np.int32).reshape(2, 256))
     reference = full(test)
     kl = {}
     for name in ("rtn", method):
-        model, _ = _truncated_smollm2(2)
+        model, _ = _truncated_smollm2(4)
         apply_method(model, tokenizer, "lm", spec, name, set(), Calibration(4, ctx=128))
         kl[name] = _mean_kl(reference, model(test))
     assert kl[method] < 0.9 * kl["rtn"], kl
