@@ -9,7 +9,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from core.gptq import _get, swap
+from core.gptq import module_at, swap
 
 ACT_BITS = (8,)
 
@@ -43,7 +43,7 @@ def quantize_activations(model: nn.Module, paths: list[str], images: mx.array, b
                          batch: int = 256) -> dict[str, tuple]:
     """Calibrate the input range of the layers at `paths` (core.quantize.weight_layer_paths of the float model)
     on `images`, then wrap them; returns {path: (low, high)}."""
-    catchers = {p: _RangeCatcher(_get(model, p)) for p in paths}
+    catchers = {p: _RangeCatcher(module_at(model, p)) for p in paths}
     for p, c in catchers.items():
         swap(model, p, c)
     for i in range(0, images.shape[0], batch):

@@ -14,11 +14,11 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from core.errors import LabError
-from core.quantize import QuantSpec, _pack, scale_dtype
+from core.qconv import im2col
+from core.quantize import QuantSpec, _pack, dequantize_matrix, scale_dtype, weight_layer_paths
 
 DAMPING = 0.01  # fraction of the mean Hessian diagonal added to it (the paper's default)
 BLOCK = 128  # columns updated lazily together; a multiple of every group size
@@ -89,22 +89,18 @@ class HessianCatcher(nn.Module):
         return np.array(self._h, dtype=np.float64) / max(self._count, 1)
 
 
-def swap(root: nn.Module, path: str, new):
-    """Put `new` at dotted `path` inside `root` (lists indexed by number); returns what was there."""
-    *parents, last = path.split(".")
-    owner = root
-    for key in parents:
-        owner = owner[int(key)] if isinstance(owner, list) else owner[key]
-    index = int(last) if isinstance(owner, list) else last
-    old = owner[index]
-    owner[index] = new
-    return old
-
-
-def _get(root: nn.Module, path: str):
+def module_at(root: nn.Module, path: str):
+    """The module at dotted `path` inside `root` (list items by number)."""
     for key in path.split("."):
         root = root[int(key)] if isinstance(root, list) else root[key]
     return root
+
+
+def swap(root: nn.Module, path: str, new):
+    """Put `new` at `path` inside `root`; returns what was there."""
+    old = module_at(root, path)
+    root.update_modules(tree_unflatten([(path, new)]))
+    return old
 
 
 # ---- whole models ------------------------------------------------------------------------------------------------
@@ -114,14 +110,11 @@ def gptq_resnet(model: nn.Module, spec: QuantSpec, keep: set[str], images: mx.ar
     quantized before it, then correct the bias each one's rounding leaves behind: the mean output shift
     E[(W - Wq) x] is known exactly from the mean input patch, and the following BatchNorm's running mean (the
     classifier's bias) absorbs it. Returns {path: packed}; BatchNorm statistics change in place."""
-    from core.qconv import im2col
-    from core.quantize import dequantize_matrix, weight_layer_paths
-
     packed = {}
     paths = [p for p in weight_layer_paths(model) if p not in keep]
     for n, path in enumerate(paths):
         progress(n / len(paths), f"GPTQ {path}")
-        layer = _get(model, path)
+        layer = module_at(model, path)
         if isinstance(layer, nn.Conv2d):
             out_c, kh, kw, in_c = layer.weight.shape
             k = kh * kw * in_c
@@ -143,7 +136,7 @@ def gptq_resnet(model: nn.Module, spec: QuantSpec, keep: set[str], images: mx.ar
         shift = (flat - quantized) @ catcher.mean_row()  # E[y_float - y_quantized] per output channel
         if isinstance(layer, nn.Conv2d):
             layer.weight = quantized[:, :k].reshape(layer.weight.shape)
-            bn = _get(model, path[: -len("conv1")] + "bn" + path[-1])  # convN -> bnN, as in core.resnet
+            bn = module_at(model, path[: -len("conv1")] + "bn" + path[-1])  # convN -> bnN, as in core.resnet
             bn.running_mean = bn.running_mean - shift
         else:
             layer.weight = quantized
@@ -169,8 +162,6 @@ def gptq_lm(model: nn.Module, spec: QuantSpec, keep: set[str], tokens: mx.array,
     tied to it) is left to round-to-nearest. Returns {path: packed}."""
     from mlx_lm.models.base import create_attention_mask
 
-    from core.quantize import dequantize_matrix
-
     inner = getattr(model, "model", None)
     if inner is None or "embed_tokens" not in inner or not hasattr(model, "layers"):
         raise LabError("GPTQ here supports LLaMA-style mlx-lm models (model.embed_tokens and model.layers).")
@@ -183,7 +174,7 @@ def gptq_lm(model: nn.Module, spec: QuantSpec, keep: set[str], tokens: mx.array,
         prefix = f"model.layers.{b}."
         local = [p for p, m in tree_flatten(block.leaf_modules(), is_leaf=nn.Module.is_module)
                  if isinstance(m, nn.Linear) and prefix + p not in keep and m.weight.shape[1] % spec.group_size == 0]
-        catchers = {p: HessianCatcher(_get(block, p), lambda v: v.reshape(-1, v.shape[-1])) for p in local}
+        catchers = {p: HessianCatcher(module_at(block, p), lambda v: v.reshape(-1, v.shape[-1])) for p in local}
         for p, c in catchers.items():
             swap(block, p, c)
         for i in range(0, x.shape[0], batch):

@@ -49,8 +49,6 @@ def apply_method(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, method
     step = progress or (lambda fraction, message: None)
     if method == "rtn" or spec.full_precision:
         return quantize_model(model, spec, keep)
-    if spec.mode != "affine":
-        raise LabError(f"Method {method} works on affine quantization; {spec.mode} is round-to-nearest only.")
     if method == "gptq":
         from core.gptq import gptq_lm, gptq_resnet
 
@@ -62,8 +60,6 @@ def apply_method(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, method
     if method == "awq":
         from core.awq import awq_lm
 
-        if kind == "vision":
-            raise LabError("AWQ is for language models; for ResNets use gptq (with BatchNorm bias correction).")
         awq_lm(model, spec, calibration_tokens(tokenizer, calibration.size, calibration.ctx), step)
         return quantize_model(model, spec, keep)
     if method == "mixed":

@@ -57,6 +57,8 @@ class EvalConfig:
         calibrated = not spec.full_precision and self.method != "rtn"
         if calibrated and spec.mode != "affine":
             raise LabError(f"Method {self.method} works on affine quantization; {spec.mode} is round-to-nearest only.")
+        if calibrated and self.method == "awq" and info.kind == "vision":
+            raise LabError("AWQ is for language models; for ResNets use gptq (with BatchNorm bias correction).")
         if calibrated and spec.quantizer != "minmax":
             raise LabError(f"Method {self.method} uses this project's min-max grid; drop --q-quantizer mlx.")
         if self.act_bits is not None and (self.act_bits not in ACT_BITS or info.kind != "vision"):

@@ -40,6 +40,7 @@ def assert_one_error_line(proc, *fragments):
     (["--model", "resnet20", "--q-mode", "int4", "--q-bits", "4"], ["Unknown quantization mode"]),
     (["--model", "resnet20", "--limit", "0"], ["positive"]),
     (["--model", "resnet20", "--q-bits", "four"], ["invalid int value"]),
+    (["--model", "resnet20", "--q-bits", "4", "--method", "awq"], ["AWQ is for language models"]),
     (["--model", "../../etc/passwd"], ["Unknown model"]),
 ])
 def test_bad_input_gives_one_error_line_and_exit_code_2(args, fragments, tmp_path):
