@@ -78,7 +78,7 @@ if st.button("Run", type="primary", key="q_run"):
     try:
         for i, cfg in enumerate(configs):
             def progress(fraction, message, i=i, cfg=cfg):
-                bar.progress((i + fraction) / len(configs), text=f"{cfg.validated().tag}: {message}")
+                bar.progress((i + fraction) / len(configs), text=f"{cfg.tag}: {message}")
             results.append(run_eval(cfg, progress=progress))
     except Exception as e:  # LabError, or a bug: one message, the page keeps working
         error(e)
