@@ -1,0 +1,4 @@
+"""MLX Quant Lab: all logic, no Streamlit."""
+from core import runtime as _runtime
+
+_runtime.tune_allocator()  # large MLX buffers on the Linux CPU: see runtime.tune_allocator

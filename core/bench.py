@@ -39,8 +39,11 @@ def _best_of(fn, trials: int, warmup=None):
 
 
 def resnet_eval_speed(names=("resnet20",), bits=(16, 8, 4), limit: int | None = None, trials: int = 1) -> list[BenchRow]:
-    """Images/s over the CIFAR-10 test set: the plain evaluation (the quantized model, eager) against
-    de-quantized weights with BatchNorm folded, with and without mx.compile; top-1 agreement with the plain run."""
+    """Images/s over the CIFAR-10 test set: the plain evaluation (the quantized model's forward, glibc's default
+    allocator) against the same forward with large buffers kept on the heap, and against the project's path
+    (de-quantized weights, BatchNorm folded, core.flatconv); top-1 agreement with the plain run."""
+    from core.flatconv import FLAT_BATCH, FlatResNet
+
     images, labels = data.load_cifar10("test")
     idx = data.stratified_indices(labels, limit)
     x = resnet.preprocess(images[idx])
@@ -49,16 +52,20 @@ def resnet_eval_speed(names=("resnet20",), bits=(16, 8, 4), limit: int | None = 
         for b in bits:
             spec = QuantSpec(b).validated()
             model = deploy.load_deployed(models.resolve(name), spec).model
-            t_plain, logits = _best_of(lambda: evaluate.classify_batches(model, x), trials,
-                                       warmup=lambda: mx.eval(model(x[:500])))
-            folded = resnet.fold_batchnorm(dequantize_model(model))
-            compiled = mx.compile(folded)
+            with runtime.glibc_default_allocator():
+                t_plain, logits = _best_of(lambda: evaluate.classify_batches(model, x), trials,
+                                           warmup=lambda: mx.eval(model(x[:500])))
             subject = f"{name} {spec.tag}"
-            rows.append(BenchRow("resnet-eval", subject, "plain (quantized model, eager)", len(idx) / t_plain,
-                                 "images/s", f"{len(idx)} images, {t_plain:.1f} s"))
-            for variant, fn in (("de-quantized, BatchNorm folded", folded), ("... and mx.compile", compiled)):
-                t, out = _best_of(lambda: evaluate.classify_batches(fn, x), trials,
-                                  warmup=lambda: mx.eval(fn(x[:500])))
+            rows.append(BenchRow("resnet-eval", subject, "plain: quantized model's forward, glibc default allocator",
+                                 len(idx) / t_plain, "images/s", f"{len(idx)} images, {t_plain:.1f} s"))
+            variants = [("same forward, large buffers kept on the heap", lambda: model, 500)]
+            if runtime.backend() == "cpu":
+                variants.append(("project: de-quantized, BatchNorm folded, flat GEMM convolutions, one CPU stream per core",
+                                 lambda: FlatResNet(dequantize_model(model)), None))
+            for variant, build, batch in variants:
+                fn = build()  # in order: the flat executor de-quantizes the model in place
+                run = (lambda: fn.classify(x)) if batch is None else (lambda: evaluate.classify_batches(fn, x, batch))
+                t, out = _best_of(run, trials, warmup=lambda: mx.eval(fn(x[:FLAT_BATCH])))
                 same = float(np.mean(out.argmax(axis=1) == logits.argmax(axis=1))) * 100
                 rows.append(BenchRow("resnet-eval", subject, variant, len(idx) / t, "images/s",
                                      f"{len(idx)} images, {t:.1f} s; {same:.2f} % same top-1; {t_plain / t:.2f}x"))

@@ -72,4 +72,80 @@ def describe() -> dict:
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
         "cpu_count": os.cpu_count(),
+        "large_buffers_on_heap": allocator_tuned(),
     }
+
+
+# glibc serves allocations above its mmap threshold (at most 32 MiB by default) with fresh mmap'd pages and
+# gives them back on free, so every large MLX buffer on the CPU is page-faulted in anew: an elementwise op on a
+# 64 MB array took 48 ms instead of 7 ms here, and MLX's own im2col buffer made ResNet evaluation 2-3x slower.
+# Keeping large blocks on the heap (and not trimming it) removes that cost; RSS then stays at its high-water mark.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+TUNED_THRESHOLD = 1 << 30
+GLIBC_DEFAULT_MMAP_MAX, GLIBC_DEFAULT_TRIM = 32 << 20, 64 << 20  # the dynamic default's steady state
+
+
+def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
+    if sys.platform != "linux":
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        return False
+
+
+_tuned = False
+
+
+def tune_allocator() -> bool:
+    """Keep large buffers on the heap (Linux glibc only); True when applied. Called when `core` is imported."""
+    global _tuned
+    _tuned = _mallopt(TUNED_THRESHOLD, TUNED_THRESHOLD)
+    return _tuned
+
+
+def allocator_tuned() -> bool:
+    return _tuned
+
+
+class glibc_default_allocator:
+    """Context manager: glibc's default large-block behaviour, for the 'plain' side of a benchmark."""
+
+    def __enter__(self):
+        _mallopt(GLIBC_DEFAULT_MMAP_MAX, GLIBC_DEFAULT_TRIM)
+        return self
+
+    def __exit__(self, *exc):
+        tune_allocator()
+        return False
+
+
+def _openblas():
+    try:
+        import ctypes
+        lib = ctypes.CDLL(None)  # the preloaded OpenBLAS exports its symbols process-wide
+        return lib if hasattr(lib, "openblas_set_num_threads") else None
+    except (OSError, AttributeError):
+        return None
+
+
+class blas_threads:
+    """Context manager: OpenBLAS's thread count for the block (no-op without OpenBLAS). One thread per call is
+    right when several MLX CPU streams call BLAS at once, each on its own core."""
+
+    def __init__(self, n: int):
+        self.n, self.lib, self.before = n, _openblas(), None
+
+    def __enter__(self):
+        if self.lib is not None:
+            self.before = self.lib.openblas_get_num_threads()
+            self.lib.openblas_set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if self.lib is not None and self.before:
+            self.lib.openblas_set_num_threads(self.before)
+        return False
