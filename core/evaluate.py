@@ -9,6 +9,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from core import runtime
+from core.parallel import map_batches
+
 Progress = Callable[[float, str], None]  # fraction done, message; may raise to cancel
 
 
@@ -94,33 +97,40 @@ def _scored_logprobs(model: nn.Module, batch: mx.array, first: int) -> mx.array:
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
-def perplexity(model: nn.Module, windows: np.ndarray, reference: nn.Module | None = None, batch_size: int = 4,
+def perplexity(model: nn.Module, windows: np.ndarray, reference: nn.Module | None = None, batch_size: int | None = None,
                progress: Progress | None = None) -> Perplexity:
     """Perplexity over the second half of each window; with `reference`, also the mean per-token
-    KL(reference || model), the reference's distribution taken as the truth."""
+    KL(reference || model), the reference's distribution taken as the truth. Batches of windows run on one
+    CPU stream per core (core.parallel)."""
     n_chunks, ctx = windows.shape
     first = ctx // 2
-    nll, kl, ref_nll = [], [], []
-    for start in range(0, n_chunks, batch_size):
-        batch = mx.array(windows[start:start + batch_size])
-        targets = batch[:, first + 1:]
+    batch_size = batch_size or (2 if runtime.backend() == "cpu" else 8)  # CPU: 2 per stream measured fastest
+
+    def score(rows: np.ndarray) -> tuple[mx.array, ...]:
+        batch = mx.array(rows)
+        targets = batch[:, first + 1:, None]
         logp = _scored_logprobs(model, batch, first)
-        nll.append(-mx.take_along_axis(logp, targets[..., None], axis=-1).squeeze(-1))
-        if reference is not None:
-            ref_logp = _scored_logprobs(reference, batch, first)
-            kl.append((mx.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1))
-            ref_nll.append(-mx.take_along_axis(ref_logp, targets[..., None], axis=-1).squeeze(-1))
-        mx.eval(nll[-1], *kl[-1:], *ref_nll[-1:])
-        if progress:
-            progress(min(1.0, (start + batch_size) / n_chunks), "scoring chunks")
-    losses = np.concatenate([np.array(x).ravel() for x in nll]).astype(np.float64)
+        nll = -mx.take_along_axis(logp, targets, axis=-1).squeeze(-1)
+        if reference is None:
+            return (nll,)
+        ref_logp = _scored_logprobs(reference, batch, first)
+        kl = (mx.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1)
+        return nll, kl, -mx.take_along_axis(ref_logp, targets, axis=-1).squeeze(-1)
+
+    batches = [windows[start:start + batch_size] for start in range(0, n_chunks, batch_size)]
+    scored = list(map_batches(score, batches, progress=progress, message="scoring chunks"))
+
+    def gathered(i: int) -> np.ndarray:
+        return np.concatenate([np.array(parts[i]).ravel() for parts in scored]).astype(np.float64)
+
+    losses = gathered(0)
     ppl, stderr = _ppl_with_stderr(losses)
     result = Perplexity(ppl, stderr, losses.size, n_chunks)
     if reference is not None:
-        kls = np.concatenate([np.array(x).ravel() for x in kl]).astype(np.float64)
+        kls = gathered(1)
         result.kl_mean = float(kls.mean())
         result.kl_stderr = float(kls.std(ddof=1) / math.sqrt(kls.size)) if kls.size > 1 else 0.0
-        result.reference_ppl = _ppl_with_stderr(np.concatenate([np.array(x).ravel() for x in ref_nll]))[0]
+        result.reference_ppl = _ppl_with_stderr(gathered(2))[0]
     return result
 
 

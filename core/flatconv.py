@@ -12,19 +12,16 @@ the padded images.
 
 BatchNorm is folded into the kernels. The result equals the module forward to float32 rounding
 (tests/test_flatconv.py); core.pipeline uses it for the de-quantized evaluation path on the CPU.
-
-`classify` spreads batches over one MLX CPU stream per core with single-threaded BLAS: MLX's element-wise CPU
-ops run on one thread, so with one stream a core idles while they run; with one per core both stay busy."""
+`classify` spreads the batches over one CPU stream per core (core.parallel)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from core import runtime
+from core.parallel import map_batches
 from core.resnet import CifarResNet
 
 FLAT_BATCH = 200  # images per call: larger batches fall out of the CPU caches (measured 100-500)
@@ -90,22 +87,11 @@ class FlatResNet:
             return None
 
     def classify(self, inputs: mx.array, batch_size: int = FLAT_BATCH, progress=None) -> np.ndarray:
-        """Logits for every input row, batches spread over the CPU streams (see the module's docstring)."""
-        streams = _cpu_streams()
-        out, n, step = [], inputs.shape[0], batch_size * len(streams)
-        with runtime.blas_threads(1):
-            for start in range(0, n, step):
-                parts = []
-                for k, stream in enumerate(streams):
-                    lo = start + k * batch_size
-                    if lo < n:
-                        with mx.stream(stream):
-                            parts.append(self(inputs[lo: lo + batch_size]))
-                mx.eval(parts)
-                out += [np.array(p) for p in parts]
-                if progress:
-                    progress(min(1.0, (start + step) / n), "classifying")
-        return np.concatenate(out)
+        """Logits for every input row, batches spread over the CPU streams (core.parallel)."""
+        n = inputs.shape[0]
+        batches = [inputs[lo: lo + batch_size] for lo in range(0, n, batch_size)]
+        return np.concatenate([np.array(logits) for logits in
+                               map_batches(self, batches, progress=progress, message="classifying")])
 
     def __call__(self, x: mx.array) -> mx.array:
         batch = x.shape[0]
@@ -172,12 +158,3 @@ class FlatResNet:
         mask = self._ring_mask(batch, rows.height, rows.width)[start: start + n]
         return _Rows((out + conv.bias) * mask, start, rows.height, rows.width)
 
-
-_streams: list = []
-
-
-def _cpu_streams() -> list:
-    """One MLX CPU stream per core (at most 8), created once per process."""
-    if not _streams:
-        _streams.extend(mx.new_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 8))))
-    return _streams
