@@ -12,7 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from core import data, deploy, evaluate, models, pipeline, resnet, runtime
+from core import data, deploy, evaluate, models, pipeline, quantize, resnet, runtime
 from core.quantize import QuantSpec, dequantize_model
 
 
@@ -165,21 +165,42 @@ def full_eval_speed(names=tuple(resnet.DEPTHS), bits=(16, 8, 6, 5, 4, 3), lm_bit
     return rows
 
 
-def decode_ceiling(tags=("fp", "q8", "q4g64"), dtype: str = "float32") -> list[BenchRow]:
-    """Decode tokens/s of the deployed model next to the memory-bandwidth ceiling (bandwidth / bytes of weights)."""
-    from core.benchmark import bench_generation
+def decode_ceiling(tags=("fp", "q8", "q4g64"), dtypes=("float32", "bfloat16"), new_tokens: int = 128,
+                   trials: int = 3) -> list[BenchRow]:
+    """Decode tokens/s of plain mlx-lm (its stream_generate), of the project's generation path
+    (playground.stream_chat, engine as `decode_engine` picks it) and of the opt-in compiled decode step,
+    alternated, best of `trials`, next to the memory-bandwidth ceiling (bandwidth / bytes of weights)."""
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    from core import fastdecode, playground
 
     bandwidth = _bandwidth()
     rows = []
-    for tag in tags:
-        d = deploy.load_deployed(*deploy.parse_model_id(f"smollm2-135m-instruct@{tag}"))
-        tokens = d.tokenizer.encode("The history of the sea is long and " * 20)[:128]
-        speed = bench_generation(d.model, np.asarray(tokens), decode_tokens=128)
-        ceiling = f"; ceiling {bandwidth / d.size_bytes:,.0f} tokens/s" if bandwidth else "; ceiling unknown"
-        rows.append(BenchRow("decode-ceiling", f"smollm2 {tag}", f"project, {dtype} activations",
-                             speed.throughput, "tokens/s",
-                             f"{d.size_bytes / 1e6:,.0f} MB of weights{ceiling}; prefill "
-                             f"{speed.extra['prefill_tokens_per_s']:,.0f} tokens/s"))
+    for dtype in dtypes:
+        for tag in tags:
+            d = deploy.load_deployed(*deploy.parse_model_id(f"smollm2-135m-instruct@{tag}"))
+            d.model.set_dtype(getattr(mx, dtype))  # activations (and scales) in this type; packed weights stay
+            size = quantize.size_bytes(d.model)
+            prompt = d.tokenizer.encode("The history of the sea is long and " * 20)[:128]
+            greedy = make_sampler(temp=0.0)
+            theirs, ours, compiled = [], [], []
+            for _ in range(trials + 1):  # the first round warms all up (kernel compilation, tracing)
+                *_, last = stream_generate(d.model, d.tokenizer, prompt, max_tokens=new_tokens, sampler=greedy)
+                theirs.append(last.generation_tps)
+                *_, chunk = playground.stream_chat(d.model, d.tokenizer, prompt, new_tokens, 0.0)
+                ours.append(chunk.tokens_per_s)
+                *_, last = fastdecode.stream_generate(d.model, d.tokenizer, prompt, new_tokens, greedy)
+                compiled.append(last.generation_tps)
+            ceiling = f"ceiling {bandwidth / size:,.0f} tokens/s" if bandwidth else "ceiling unknown"
+            common = f"{size / 1e6:,.0f} MB of weights, {ceiling}; prompt 128, {new_tokens} greedy tokens, best of {trials}"
+            subject = f"smollm2 {tag}, {dtype}"
+            base = max(theirs[1:])
+            rows.append(BenchRow("decode-ceiling", subject, "mlx-lm stream_generate", base, "tokens/s", common))
+            for variant, tps in ((f"project ({playground.decode_engine(d.model)} engine)", max(ours[1:])),
+                                 ("compiled decode step (core.fastdecode, opt-in)", max(compiled[1:]))):
+                rows.append(BenchRow("decode-ceiling", subject, variant, tps, "tokens/s",
+                                     f"{common}; {tps / base:.2f}x mlx-lm"))
     return rows
 
 
