@@ -2,8 +2,8 @@
 
 On the Linux CPU, MLX runs each stream's element-wise ops on one thread while BLAS uses all cores for the
 matrix products only, so one stream leaves a core idle for much of the time (softmax, SiLU, masks, copies).
-With one stream per core and single-threaded BLAS, both cores stay busy: ResNet-20 evaluation ran 1.9x and
-SmolLM2 perplexity 1.8x faster on this 2-core machine. Elsewhere (Metal, CUDA) batches run one by one on the
+With one stream per core and single-threaded BLAS, both cores stay busy: on this 2-core machine ResNet-20
+evaluation went from ~360 to ~660 images/s and SmolLM2 perplexity from 1.09x to 1.68x the plain forward. Elsewhere (Metal, CUDA) batches run one by one on the
 default stream."""
 from __future__ import annotations
 
