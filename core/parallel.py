@@ -18,9 +18,10 @@ _streams: list = []
 
 
 def cpu_streams() -> list:
-    """One MLX CPU stream per core (at most 8), created once per process."""
+    """One MLX CPU stream per core (at most 8). Thread-local streams: MLX streams belong to the thread that made
+    them, and Streamlit and the API server evaluate in threads of their own."""
     if not _streams:
-        _streams.extend(mx.new_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 8))))
+        _streams.extend(mx.new_thread_local_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 8))))
     return _streams
 
 
