@@ -65,7 +65,7 @@ def resnet_eval_speed(names=("resnet20",), bits=(16, 8, 4), limit: int | None = 
             for variant, build, batch in variants:
                 fn = build()  # in order: the flat executor de-quantizes the model in place
                 run = (lambda: fn.classify(x)) if batch is None else (lambda: evaluate.classify_batches(fn, x, batch))
-                t, out = _best_of(run, trials, warmup=lambda: mx.eval(fn(x[:FLAT_BATCH])))
+                t, out = _best_of(run, trials, warmup=lambda: mx.eval(fn(x[:batch or FLAT_BATCH])))
                 same = float(np.mean(out.argmax(axis=1) == logits.argmax(axis=1))) * 100
                 rows.append(BenchRow("resnet-eval", subject, variant, len(idx) / t, "images/s",
                                      f"{len(idx)} images, {t:.1f} s; {same:.2f} % same top-1; {t_plain / t:.2f}x"))

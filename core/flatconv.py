@@ -22,21 +22,19 @@ import mlx.nn as nn
 import numpy as np
 
 from core.parallel import map_batches
-from core.resnet import CifarResNet
+from core.resnet import CifarResNet, folded_batchnorm
 
 FLAT_BATCH = 200  # images per call: larger batches fall out of the CPU caches (measured 100-500)
 
 
 @dataclass
 class _Folded:
-    """A 3x3 convolution with its BatchNorm folded in: OHWI kernel, per-channel bias, stride."""
+    """A 3x3 convolution with its BatchNorm folded in: OHWI kernel, per-channel bias, stride, and for stride 1
+    the nine [in, out] tap matrices, tap (i, j) at index 3 i + j."""
     weight: mx.array
     bias: mx.array
     stride: int
-
-    def taps(self) -> list[mx.array]:
-        """The nine [in, out] matrices, tap (i, j) at index 3 i + j."""
-        return [mx.contiguous(self.weight[:, i, j, :].T) for i in range(3) for j in range(3)]
+    taps: list[mx.array]
 
 
 def _fold(conv, bn) -> _Folded | None:
@@ -44,10 +42,10 @@ def _fold(conv, bn) -> _Folded | None:
         return None
     if getattr(conv, "groups", 1) != 1 or tuple(np.atleast_1d(conv.padding)) not in ((1,), (1, 1)):
         return None
-    scale = bn.weight / mx.sqrt(bn.running_var + bn.eps)
-    bias = bn.bias - bn.running_mean * scale + (conv.bias * scale if "bias" in conv else 0)
+    weight, bias = folded_batchnorm(conv, bn)
     stride = int(np.atleast_1d(conv.stride)[0])
-    return _Folded(conv.weight * scale[:, None, None, None], bias, stride)
+    taps = [mx.contiguous(weight[:, i, j, :].T) for i in range(3) for j in range(3)] if stride == 1 else []
+    return _Folded(weight, bias, stride, taps)
 
 
 @dataclass
@@ -73,9 +71,7 @@ class FlatResNet:
         if self.stem is None or any(a is None or b is None for a, b, _ in self.blocks) or \
                 not isinstance(self.head, nn.Linear):
             raise ValueError("FlatResNet needs float Conv2d + BatchNorm layers (de-quantize first)")
-        self._taps = {id(f): f.taps() for f in [self.stem] + [f for a, b, _ in self.blocks for f in (a, b)]
-                      if f.stride == 1}
-        mx.eval(self._taps, self.stem.weight, [(a.weight, a.bias, b.weight, b.bias) for a, b, _ in self.blocks])
+        mx.eval([(f.weight, f.bias, f.taps) for f in [self.stem] + [f for a, b, _ in self.blocks for f in (a, b)]])
         self._masks: dict[tuple[int, int, int], mx.array] = {}
 
     @classmethod
@@ -149,7 +145,7 @@ class FlatResNet:
         reach = pitch + 1  # the farthest tap, in rows
         n = rows.data.shape[0] - 2 * reach
         out = None
-        for tap, weight in enumerate(self._taps[id(conv)]):
+        for tap, weight in enumerate(conv.taps):
             i, j = divmod(tap, 3)
             shift = reach + (i - 1) * pitch + (j - 1)
             part = rows.data[shift: shift + n]

@@ -8,6 +8,7 @@ default stream."""
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from typing import Callable, Iterable, Iterator, Sequence
 
 import mlx.core as mx
@@ -26,14 +27,12 @@ def cpu_streams() -> list:
 
 
 def map_batches(fn: Callable[[object], Sequence[mx.array] | mx.array], batches: Iterable,
-                total: int | None = None, progress: Callable[[float, str], None] | None = None,
-                message: str = "computing") -> Iterator:
+                progress: Callable[[float, str], None] | None = None, message: str = "computing") -> Iterator:
     """fn(batch) for every batch, evaluated, in input order; on the CPU, len(cpu_streams()) batches at a time."""
     batches = list(batches)
-    total = total or len(batches)
     on_cpu = runtime.backend() == "cpu"
     streams = cpu_streams() if on_cpu else [None]
-    with runtime.blas_threads(1) if on_cpu and len(streams) > 1 else _nothing():
+    with runtime.blas_threads(1) if on_cpu and len(streams) > 1 else nullcontext():
         for start in range(0, len(batches), len(streams)):
             results = []
             for stream, batch in zip(streams, batches[start:start + len(streams)]):
@@ -45,12 +44,4 @@ def map_batches(fn: Callable[[object], Sequence[mx.array] | mx.array], batches: 
             mx.eval(results)
             yield from results
             if progress:
-                progress(min(1.0, (start + len(streams)) / total), message)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+                progress(min(1.0, (start + len(streams)) / len(batches)), message)

@@ -245,14 +245,16 @@ def _eval_vision(cfg, info, model, eval_path, row, step, use_cache) -> EvalResul
     if cfg.bench:
         step(0.1, "benchmarking")
         speed = bench_classifier(model, inputs[:250])
-    classify = evaluate.classify_batches
+    flat = None
     if eval_path in ("dequant", "float"):
         dequantize_model(model)
         flat = FlatResNet.try_build(model) if runtime.backend() == "cpu" else None
-        if flat is not None:  # the same logits, 2-3x faster on the CPU (core.flatconv)
-            classify = lambda _model, x, progress: flat.classify(x, progress=progress)  # noqa: E731
     step(0.2, f"evaluating {len(idx)} test images")
-    logits = classify(model, inputs, progress=lambda f, m: step(0.2 + 0.75 * f, m))
+    progress = lambda f, m: step(0.2 + 0.75 * f, m)  # noqa: E731
+    if flat is not None:  # the same logits, 4-5x faster on the CPU (core.flatconv, core.parallel)
+        logits = flat.classify(inputs, progress=progress)
+    else:
+        logits = evaluate.classify_batches(model, inputs, progress=progress)
     acc = evaluate.accuracy(logits, labels[idx])
     agreement = reference = None
     if not cfg.spec.full_precision:

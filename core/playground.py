@@ -145,7 +145,7 @@ DECODE_ENGINES = ("auto", "mlx-lm", "compiled")
 
 def decode_engine(model) -> str:
     """'mlx-lm' (its own loop) or 'compiled' (core.fastdecode), as MLXQ_DECODE_ENGINE says; 'auto' is mlx-lm:
-    the compiled step measured 0.83-1.04x of it on the H200 and 0.9x on the Linux CPU (docs/bench)."""
+    the compiled step measured 0.44-0.86x of it on the H200 and ~0.9x on the Linux CPU (docs/bench)."""
     from core import fastdecode
 
     choice = os.environ.get("MLXQ_DECODE_ENGINE", "auto")

@@ -103,6 +103,14 @@ class _Identity(nn.Module):
         return x
 
 
+def folded_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm) -> tuple[mx.array, mx.array]:
+    """(kernel, bias) of the single convolution equal to conv followed by inference-mode bn:
+    conv(x)·γ/σ + (β − μγ/σ)."""
+    scale = bn.weight / mx.sqrt(bn.running_var + bn.eps)
+    bias = bn.bias - bn.running_mean * scale + (conv.bias * scale if "bias" in conv else 0)
+    return conv.weight * scale[:, None, None, None], bias
+
+
 def fold_batchnorm(model: CifarResNet) -> CifarResNet:
     """Fold each inference-mode BatchNorm into the float convolution before it, in place.
 
@@ -114,11 +122,9 @@ def fold_batchnorm(model: CifarResNet) -> CifarResNet:
         conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
         if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm):
             raise ValueError("fold_batchnorm needs float Conv2d layers followed by BatchNorm")
-        scale = bn.weight / mx.sqrt(bn.running_var + bn.eps)
         folded = nn.Conv2d(conv.weight.shape[-1], conv.weight.shape[0], conv.weight.shape[1:3],
                            stride=conv.stride, padding=conv.padding, bias=True)
-        folded.weight = conv.weight * scale[:, None, None, None]
-        folded.bias = bn.bias - bn.running_mean * scale + (conv.bias * scale if "bias" in conv else 0)
+        folded.weight, folded.bias = folded_batchnorm(conv, bn)
         setattr(owner, conv_name, folded)
         setattr(owner, bn_name, _Identity())
     mx.eval(model.parameters())
