@@ -64,3 +64,30 @@ class ResultCache:
             return []
         pairs = ((p.stem, self.read(p.stem)) for p in sorted(self.directory.glob("*.json")))
         return [(key, body) for key, body in pairs if body is not None]
+
+
+class Memo:
+    """A process-wide table of values that are slow to compute and do not change while the process runs
+    (a model's tokenized test text, a model's fingerprint). Every such table in the lab is a Memo, named for what
+    it holds; `Memo.clear_all()` empties them together."""
+
+    _tables: list["Memo"] = []
+
+    def __init__(self, holds: str):
+        self.holds = holds
+        self._values: dict = {}
+        Memo._tables.append(self)
+
+    def get(self, key, compute):
+        """The value for `key`, computed by `compute()` the first time it is asked for."""
+        if key not in self._values:
+            self._values[key] = compute()
+        return self._values[key]
+
+    def put(self, key, value) -> None:
+        self._values[key] = value
+
+    @classmethod
+    def clear_all(cls) -> None:
+        for table in cls._tables:
+            table._values.clear()

@@ -1,22 +1,17 @@
 """Datasets: CIFAR-10 and WikiText-2 from the offline mirror (MLXQ_MIRROR) or, without it, the Hugging Face hub."""
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import LabError
+from core.settings import mirror_root
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_HUB = "uoft-cs/cifar10"
 WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
-
-
-def mirror_root() -> Path | None:
-    root = os.environ.get("MLXQ_MIRROR")
-    return Path(root).expanduser() if root else None
 
 
 def mirror_file(relative: str) -> Path | None:

@@ -77,9 +77,8 @@ def describe() -> dict:
 
 
 # glibc serves allocations above its mmap threshold (at most 32 MiB by default) with fresh mmap'd pages and
-# gives them back on free, so every large MLX buffer on the CPU is page-faulted in anew: an elementwise op on a
-# 64 MB array took 48 ms instead of 7 ms here, and MLX's own im2col buffer made ResNet evaluation 2-3x slower.
-# Keeping large blocks on the heap (and not trimming it) removes that cost; RSS then stays at its high-water mark.
+# gives them back on free, so every large MLX buffer on the CPU is page-faulted in anew on every op (MLX's own
+# im2col buffers included; README "Performance" has the measured cost). Keeping large blocks on the heap (and not trimming it) removes that cost; RSS then stays at its high-water mark.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 TUNED_THRESHOLD = 1 << 30
 GLIBC_DEFAULT_MMAP_MAX, GLIBC_DEFAULT_TRIM = 32 << 20, 64 << 20  # the dynamic default's steady state

@@ -30,8 +30,8 @@ def private_results(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def smollm2_dir():
-    from core.gguf import prepare_smollm2
-    from core.models import cache_root
+    from core.models.gguf import prepare_smollm2
+    from core.settings import cache_root
 
     return prepare_smollm2(cache_root())
 

@@ -31,8 +31,8 @@ def run_python(code: str) -> str:
 
 
 def test_without_the_mirror_the_own_resnet_is_the_default_vision_model():
-    out = run_python("from core import models, serve; print(models.default_vision_model()); "
-                     "print(','.join(serve.default_models()))")
+    out = run_python("from core.models import registry; from core.serve import app; "
+                     "print(registry.default_vision_model()); print(','.join(app.default_models()))")
     default, served = out.splitlines()
     assert default == OWN
     assert {f"{OWN}@q8", f"{OWN}@q4g32", f"{OWN}@fp"} <= set(served.split(","))

@@ -152,3 +152,26 @@ def test_sensitivity_prints_the_table_its_json_and_the_allocation(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "KL@4" in proc.stdout and "agree@8" in proc.stdout and "CIFAR-10 train, 16" in proc.stdout
     assert_one_error_line(cli("sensitivity", "--model", "resnet20-mlxq", "--bits", "7", env=env), "--q-bits 7")
+
+
+def test_eval_sweep_and_export_flags_come_from_the_config_fields():
+    from dataclasses import fields
+
+    from core.cli import build_parser
+    from core.eval.config import EvalConfig
+    from core.options import flag_name
+    from core.quant.config import QuantConfig
+
+    def flags(command: str) -> set[str]:
+        sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+        return {s for action in sub._actions for s in action.option_strings}
+
+    quant = {flag_name(f) for f in fields(QuantConfig)}
+    evaluation = {flag_name(f) for f in fields(EvalConfig)}
+    assert {"--q-bits", "--q-group-size", "--method", "--no-bench", "--limit"} <= evaluation
+    assert evaluation <= flags("eval") and evaluation <= flags("sweep")
+    assert quant - {"--act-bits"} <= flags("export") and not (evaluation - quant) & flags("export")
+    args = build_parser().parse_args(["export", "--model", "resnet20", "--q-bits", "4", "--keep-last", "--out", "x"])
+    from core.cli.flags import config_from_args
+
+    assert config_from_args(QuantConfig, args) == QuantConfig("resnet20", bits=4, keep_last=True)

@@ -3,24 +3,25 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import deploy, monitor
-from core.demo import demo_rows
-from core.overview import all_result_rows, results_signature
+from core.deploy import ids
 from core.errors import LabError
+from core.report.demo import demo_rows
+from core.report.results import all_result_rows, results_signature
+from core.report.status import MemoryMonitor
 
 PLAYGROUND_TAGS = ("fp", "q8", "q6", "q5", "q4", "q4g32", "q3g32", "q2g32", "mxfp4", "nvfp4", "mxfp8")
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading and quantizing the model...")
-def deployed(name: str, tag: str) -> deploy.Deployed:
+def deployed(name: str, tag: str) -> ids.Deployed:
     """One shared, never-mutated model per (name, quantization)."""
-    info, spec = deploy.parse_model_id(f"{name}@{tag}")
-    return deploy.load_deployed(info, spec)
+    info, spec = ids.parse_model_id(f"{name}@{tag}")
+    return ids.load_deployed(info, spec)
 
 
 @st.cache_resource
-def memory_monitor() -> monitor.MemoryMonitor:
-    return monitor.MemoryMonitor()
+def memory_monitor() -> MemoryMonitor:
+    return MemoryMonitor()
 
 
 @st.cache_data(max_entries=4, show_spinner=False)

@@ -2,14 +2,16 @@
 import pandas as pd
 import streamlit as st
 
-from core import models, overview, train
+from core.models import registry, train
+from core.report import results
+from core.report.status import system_status
 from views._ui import demo_toggle, result_rows
 
 st.title("MLX Quant Lab")
 st.caption("Post-training quantization of MLX models: what is lost (accuracy, perplexity) and what is gained "
            "(size, memory, speed). Run evaluations with `./lab eval ...` or `./lab sweep ...`; they appear below.")
 
-status = overview.system_status()
+status = system_status()
 if status["blas_warning"]:
     st.warning(status["blas_warning"])
 env = status["environment"]
@@ -23,8 +25,8 @@ st.subheader("Models and data")
 st.dataframe(pd.DataFrame(status["models"]), hide_index=True, width="stretch")
 st.dataframe(pd.DataFrame(status["datasets"]), hide_index=True, width="stretch")
 
-st.subheader(f"The project's own ResNet-20 ({models.OWN_RESNET})")
-own = train.load_history(models.OWN_RESNET_DIR)
+st.subheader(f"The project's own ResNet-20 ({registry.OWN_RESNET})")
+own = train.load_history(registry.OWN_RESNET_DIR)
 final, where = own["epochs"][-1], own["environment"]
 st.caption(f"Trained from scratch with `python -m core train` on CIFAR-10 train ({len(own['epochs'])} epochs, "
            f"{sum(e['seconds'] for e in own['epochs']) / 60:.1f} min on {where['device']}, {where['backend']} backend, "
@@ -34,7 +36,7 @@ st.plotly_chart(train.curve_figure(own["epochs"]), width="stretch")
 
 st.subheader("Measured results")
 demo = demo_toggle()
-rows = overview.result_rows(result_rows(demo))
+rows = results.lead_columns(result_rows(demo))
 if not rows:
     st.info("No demo sweep yet: run `./lab demo`." if demo else
             "No results yet: use the Quantize page, or `./lab eval --model resnet20 --q-bits 4 --limit 1000`.")

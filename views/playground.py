@@ -1,20 +1,22 @@
 """Playground: classify an image or chat, full precision and a quantized model side by side."""
-import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core import data, models, playground
+from core import data
+from core.deploy import classify as vision
+from core.deploy import generate
+from core.models import registry as models
 from views._ui import PLAYGROUND_TAGS, deployed, error, mb
 
 st.title("Playground")
 vision_tab, chat_tab = st.tabs(["Image", "Chat"])
 
 
-def top5_panel(column, title: str, result: playground.Classification) -> None:
+def top5_panel(column, title: str, result: vision.Classification) -> None:
     column.markdown(f"**{title}** — {result.latency_ms:.1f} ms")
-    column.bar_chart(pd.DataFrame({"probability": [p for _, p in result.top5]},
-                                  index=[c for c, _ in result.top5]), horizontal=True, height=220)
+    column.bar_chart(pd.DataFrame({"probability": [p for _, p in result.top_k(5)]},
+                                  index=[c for c, _ in result.top_k(5)]), horizontal=True, height=220)
 
 
 with vision_tab:
@@ -30,8 +32,8 @@ with vision_tab:
             upload = st.file_uploader("PNG or JPEG, any size (it is cropped to a square and resized to 32x32)",
                                       type=["png", "jpg", "jpeg"], key="p_upload")
             if upload is not None:
-                original = playground.read_image(upload.getvalue())
-                image32 = playground.to_cifar_input(original)
+                original = vision.read_image(upload.getvalue())
+                image32 = vision.to_cifar_input(original)
                 st.caption(f"Uploaded {original.size[0]}x{original.size[1]} ({upload.name})")
         else:
             index = st.number_input("Test image number (0-9999)", 0, 9999, value=0, key="p_index")
@@ -43,9 +45,9 @@ with vision_tab:
                      caption="What the model sees: 32x32 (shown 4x)")
             full, quantized = deployed(name, "fp"), deployed(name, tag)
             a, b = st.columns(2)
-            top5_panel(a, f"Full precision ({mb(full.size_bytes)})", playground.classify(full.model, image32))
+            top5_panel(a, f"Full precision ({mb(full.size_bytes)})", vision.classify(full.model, image32))
             top5_panel(b, f"{tag} ({mb(quantized.size_bytes)}, {quantized.bits_per_weight:.2f} bits/weight)",
-                       playground.classify(quantized.model, image32))
+                       vision.classify(quantized.model, image32))
     except Exception as e:  # LabError or a bug: one message, the page keeps working
         error(e)
 
@@ -54,22 +56,22 @@ with chat_tab:
     left, mid, right = st.columns(3)
     lm_name = left.selectbox("Model", lm_models, key="p_lm_model")
     lm_tag = left.selectbox("Quantization", PLAYGROUND_TAGS[1:], index=3, key="p_lm_tag")
-    max_tokens = mid.slider("Max new tokens", 1, playground.MAX_NEW_TOKENS, 64, key="p_max_tokens")
+    max_tokens = mid.slider("Max new tokens", 1, generate.MAX_NEW_TOKENS, 64, key="p_max_tokens")
     temperature = right.slider("Temperature", 0.0, 2.0, 0.0, 0.05, key="p_temperature")
     prompt = st.chat_input("Ask something", key="p_prompt")
     if prompt is not None:
         try:
             full, quantized = deployed(lm_name, "fp"), deployed(lm_name, lm_tag)
             messages = [{"role": "user", "content": prompt}]
-            tokens = playground.chat_prompt_tokens(full.tokenizer, messages)
-            playground.check_generation_settings(max_tokens, temperature, 1.0)
+            tokens = generate.chat_prompt_tokens(full.tokenizer, messages)
+            generate.check_generation_settings(max_tokens, temperature, 1.0)
             st.chat_message("user").write(prompt)
             a, b = st.columns(2)
             panels = {}
             for column, deployed_model, title in ((a, full, "Full precision"), (b, quantized, lm_tag)):
                 column.markdown(f"**{title}** ({mb(deployed_model.size_bytes)})")
                 panels[title] = (column.empty(), column.empty(), deployed_model)
-            streams = {title: playground.stream_chat(d.model, d.tokenizer, tokens, max_tokens, temperature, seed=0)
+            streams = {title: generate.stream_chat(d.model, d.tokenizer, tokens, max_tokens, temperature, seed=0)
                        for title, (_, _, d) in panels.items()}
             texts = {title: "" for title in panels}
             while streams:  # one token from each model in turn, so both answers grow together

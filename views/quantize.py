@@ -2,14 +2,15 @@
 import pandas as pd
 import streamlit as st
 
-from core import models
 from core.errors import LabError
-from core.methods import DEFAULT_CALIBRATION, METHODS
-from core.pipeline import EvalConfig, run_eval
-from core.quantize import AFFINE_BITS, AFFINE_GROUP_SIZES, MODES
-from core.runsummary import comparison_table
-from core.sensitivity import DEFAULT_CALIBRATION as SENSITIVITY_CALIBRATION
-from core.tradeoffs import frame, tradeoff_chart
+from core.eval.config import EvalConfig
+from core.eval.pipeline import run_eval
+from core.models import registry as models
+from core.quant.calibration import default_size
+from core.quant.methods import methods_for
+from core.quant.spec import AFFINE_BITS, AFFINE_GROUP_SIZES, MODES
+from core.report.charts import frame, tradeoff_chart
+from core.report.summaries import comparison_table
 from views._ui import error, memory_monitor
 
 st.title("Quantize & evaluate")
@@ -35,16 +36,15 @@ unit = "images (0 = all 10,000)" if info.kind == "vision" else "512-token chunks
 limit = left.number_input(f"Evaluation subset: {unit}", min_value=0, max_value=100000,
                           value=1000 if info.kind == "vision" else 4, step=1, key="q_limit")
 if mode == "affine":
-    offered = [m for m in METHODS if m != "awq" or info.kind == "lm"]  # AWQ is for language models
-    method = right.selectbox("Method", offered, key=f"q_method_{info.kind}", help="rtn: round to nearest; gptq, "
+    method = right.selectbox("Method", methods_for(info.kind), key=f"q_method_{info.kind}",
+                             help="rtn: round to nearest; gptq, "
                              "awq: calibrated rounding / scaling; mixed: per-layer bit widths from measured "
                              "sensitivities within a bits-per-weight target (see the Sensitivity page)")
 else:
     method = "rtn"
 calib = target_bpw = None
 if method != "rtn":
-    # mixed measures every layer at every width: its CPU-affordable default is smaller.
-    default = (SENSITIVITY_CALIBRATION if method == "mixed" else DEFAULT_CALIBRATION)[info.kind]
+    default = default_size(method, info.kind)
     what = "CIFAR-10 train images" if info.kind == "vision" else "WikiText-2 validation chunks"
     calib = int(left.number_input(f"Calibration size: {what}", min_value=1, max_value=50000, value=default, step=1,
                                   key=f"q_calib_{method}_{info.kind}"))

@@ -5,12 +5,14 @@ import time
 import pandas as pd
 import streamlit as st
 
-from core import models
 from core.errors import LabError
-from core.methods import Calibration
-from core.quantize import AFFINE_BITS, AFFINE_GROUP_SIZES
-from core.sensitivity import DEFAULT_CALIBRATION, allocate_bits, cached_sensitivity, layer_sensitivity, predicted_bpw
-from core.sensitivity_chart import sensitivity_chart
+from core.models import registry as models
+from core.quant.calibration import Calibration, default_size
+from core.quant.mixed import allocation_for
+from core.quant.sensitivity import cached_sensitivity, layer_sensitivity
+from core.quant.spec import AFFINE_BITS, AFFINE_GROUP_SIZES
+from core.report.charts import sensitivity_chart
+from core.report.summaries import allocation_text
 from views._ui import error, memory_monitor
 
 st.title("Layer sensitivity")
@@ -28,7 +30,7 @@ kind = models.REGISTRY[name].kind
 bits = left.multiselect("Bit widths", sorted(AFFINE_BITS, reverse=True), default=[8, 4, 3, 2], key="s_bits")
 group = right.selectbox("Group size", AFFINE_GROUP_SIZES, index=1, key="s_group")
 what = "CIFAR-10 train images" if kind == "vision" else "WikiText-2 validation chunks"
-calib = left.number_input(f"Calibration size: {what}", min_value=1, max_value=50000, value=DEFAULT_CALIBRATION[kind],
+calib = left.number_input(f"Calibration size: {what}", min_value=1, max_value=50000, value=default_size("sensitivity", kind),
                           step=1, key=f"s_calib_{kind}")
 ctx = right.selectbox("Chunk length (tokens)", (256, 512), index=1, key="s_ctx") if kind == "lm" else 512
 target = right.number_input("Target bits per weight (mixed precision)", min_value=1.0, max_value=32.0, value=4.5,
@@ -61,29 +63,23 @@ if not rows:
                 "(a GPU takes seconds).")
     st.stop()
 
-allocation = note = None
+allocation = None
 try:
-    allocation = allocate_bits(rows, target, group)
-    chosen = pd.Series(list(allocation.values())).value_counts().sort_index()
-    summed = sum(r["kl"] for r in rows if allocation.get(r["layer"]) == r["bits"])
-    note = (f"Ringed: the mixed-precision choice for {target:g} bits/weight — predicted "
-            f"{predicted_bpw(rows, allocation, group):.3f} bits/weight (every stored bit counted, as the quantized "
-            f"model holds it), summed KL {summed:.4g}; layers per width: "
-            + ", ".join(f"{b}-bit: {n}" for b, n in chosen.items()) + ".")
+    allocation = allocation_for(rows, target, group)
 except LabError as e:
     st.warning(str(e))
 png = {"toImageButtonOptions": {"format": "png", "scale": 2}, "displaylogo": False}
-st.plotly_chart(sensitivity_chart(rows, allocation, f"{name}: sensitivity of each layer quantized alone, group {group}"),
+st.plotly_chart(sensitivity_chart(rows, allocation and allocation.bits, f"{name}: sensitivity of each layer quantized alone, group {group}"),
                 width="stretch", config=png, key="s_chart")
 st.caption(f"Protocol: {rows[0]['protocol']}. {len({r['layer'] for r in rows})} layers, {source}. "
-           "Hover for layer, bits, KL and top-1 agreement." + (f" {note}" if note else ""))
+           "Hover for layer, bits, KL and top-1 agreement." + (f" {allocation_text(allocation)}" if allocation else ""))
 
 table = pd.DataFrame(rows).pivot_table(index=["index", "layer", "weights"], columns="bits",
                                        values=["kl", "agreement"]).sort_index()
 table.columns = [f"{'KL' if v == 'kl' else 'agreement %'} @{b}" for v, b in table.columns]
 table = table.reset_index().drop(columns="index")
 if allocation:
-    table["mixed choice"] = table["layer"].map(allocation)
+    table["mixed choice"] = table["layer"].map(allocation.bits)
 st.dataframe(table, hide_index=True, width="stretch")
 st.download_button("Download the table (CSV)", pd.DataFrame(rows).to_csv(index=False),
                    f"mlxq-sensitivity-{name.replace('/', '_')}-g{group}.csv", "text/csv", key="s_download")

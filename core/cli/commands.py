@@ -1,0 +1,170 @@
+"""One function per `python -m core` command: turn the parsed flags into a config, call the core function that
+does the work, print what it returns. Heavy modules are imported inside each command, so `--help` and a bad
+flag answer at once."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from core import settings
+from core.cli.flags import config_from_args
+from core.errors import LabError
+
+
+def stderr_progress(fraction: float, message: str) -> None:
+    print(f"\r[{fraction:6.1%}] {message:<40}", end="", file=sys.stderr, flush=True)
+
+
+def cmd_eval(args) -> int:
+    from core.eval.config import EvalConfig
+    from core.eval.pipeline import run_eval
+    from core.report.summaries import result_text
+
+    result = run_eval(config_from_args(EvalConfig, args), use_cache=not args.no_cache,
+                      progress=None if args.json else stderr_progress)
+    if not args.json:
+        print(file=sys.stderr)
+    print(json.dumps(result.public()) if args.json else result_text(result))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from core.eval.config import EvalConfig
+    from core.eval.pipeline import run_eval
+    from core.report.results import write_csv
+    from core.report.summaries import result_text
+
+    configs = [config_from_args(EvalConfig, args, bits=b).validated() for b in args.bits]  # fail before any work
+    rows = []
+    for cfg in configs:
+        print(f"{cfg.model} {cfg.tag} ...", file=sys.stderr, flush=True)
+        result = run_eval(cfg, use_cache=not args.no_cache, progress=stderr_progress)
+        print(file=sys.stderr)
+        print(result_text(result))
+        rows.append(result.public())
+    out = Path(args.out or f"cache/sweeps/{args.model.replace('/', '_')}-{datetime.now():%Y%m%d-%H%M%S}.csv")
+    print(f"wrote {write_csv(rows, out)}")
+    return 0
+
+
+def cmd_sensitivity(args) -> int:
+    from core.models.registry import resolve
+    from core.quant.calibration import Calibration, default_size
+    from core.quant.mixed import allocation_for
+    from core.quant.sensitivity import layer_sensitivity
+    from core.report.summaries import sensitivity_text
+
+    kind = resolve(args.model).kind
+    calibration = Calibration(args.calib or default_size("sensitivity", kind), args.ctx, args.seed)
+    started = time.perf_counter()
+    rows = layer_sensitivity(args.model, args.bits, args.q_group_size, calibration, use_cache=not args.no_cache,
+                             progress=None if args.json else stderr_progress)
+    seconds = time.perf_counter() - started
+    allocation = allocation_for(rows, args.target_bpw) if args.target_bpw else None
+    if args.json:
+        extra = {} if allocation is None else {"allocation": allocation.bits,
+                                               "predicted_bits_per_weight": allocation.predicted_bpw}
+        print(json.dumps({"rows": rows, **extra, "seconds": seconds}))
+        return 0
+    print(file=sys.stderr)
+    print(sensitivity_text(args.model, rows, allocation))
+    print(f"{len({r['layer'] for r in rows})} layers x {len({r['bits'] for r in rows})} widths in {seconds:.1f} s")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from core.models.gguf import prepare_smollm2
+
+    print(f"smollm2-135m-instruct: {prepare_smollm2(settings.cache_root())}", file=sys.stderr)
+    return 0
+
+
+def cmd_results(args) -> int:
+    from core.report.results import load_rows, write_csv
+
+    rows = load_rows(Path(args.dir) if args.dir else settings.results_dir())
+    if args.out:
+        print(f"wrote {len(rows)} rows to {write_csv(rows, Path(args.out))}")
+    else:
+        for r in rows:
+            print(f"{r['model']:24} {r['tag']:10} {r['metric']:14} {r['value']:10.4f} ± {r['stderr']:.4f} "
+                  f"n={r['n']:<7} {r['bits_per_weight']:6.3f} bpw  {r['backend']} {r['device']}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from core.report.demo import prepare_demo
+
+    keys = prepare_demo(progress=stderr_progress)
+    print(f"\ndemo sweep ready: {len(keys)} runs; switch on Demo mode in the dashboard", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from core.serve.app import ServeSettings, default_models, serve
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else default_models()
+    api = ServeSettings(models=models, api_key=args.api_key or settings.api_key(),
+                        memory_budget_bytes=int(args.memory_budget_mb * 1024**2))
+    where = f"http://{args.host}:{args.port}"
+    print(f"serving {', '.join(models)} on {where} (OpenAI-compatible: {where}/v1)"
+          + ("; API key required" if api.api_key else ""), file=sys.stderr)
+    serve(api, args.host, args.port)
+    return 0
+
+
+def cmd_loadtest(args) -> int:
+    from core.models.registry import default_vision_model
+    from core.serve.loadtest import run_load
+
+    image_model = args.image_model or f"{default_vision_model()}@q8"
+    report = run_load(args.url, args.chat_model, image_model, clients=args.clients, requests=args.requests,
+                      chat_every=args.chat_every, max_tokens=args.max_tokens, api_key=args.api_key)
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0 if report.errors == 0 else 1
+
+
+def cmd_bench(args) -> int:
+    from core.eval.bench import SECTIONS, run_bench
+
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise LabError(f"Unknown bench section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}.")
+    report = run_bench(sections, Path(args.out), "python -m core bench " + " ".join(sys.argv[2:]), quick=args.quick)
+    print(report.read_text())
+    return 0
+
+
+def cmd_export(args) -> int:
+    from core.deploy.export import export_model
+    from core.quant.config import QuantConfig
+
+    result = export_model(config_from_args(QuantConfig, args), Path(args.out), force=args.force,
+                          progress=stderr_progress)
+    form = ("model.safetensors + quantization.json; reload with core.deploy.exported.load_exported(DIR)"
+            if result.kind == "vision" else "mlx-lm folder; mlx_lm.load / python -m mlx_lm generate --model DIR")
+    lines = [f"\nexported {args.model} {result.tag} to {result.path}",
+             f"  {form}",
+             f"  size: {result.size_bytes / 1e6:.2f} MB of arrays, {result.bits_per_weight:.3f} bits/weight; "
+             f"{result.file_bytes / 1e6:.2f} MB on disk",
+             f"  {result.report.summary()}; full-precision layers in {args.dtype}"]
+    print("\n".join(lines), file=sys.stderr)
+    print(result.path)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from core.models.train import Recipe, train, write_curve
+
+    recipe = Recipe(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    weight_decay=args.weight_decay, seed=args.seed, limit=args.limit)
+    out = Path(args.out)
+    history = train(recipe, out, progress=stderr_progress, eval_every=args.eval_every)
+    print(f"\nfinal test top-1 {history[-1]['test_top1']:.2f} % after {len(history)} epochs "
+          f"({sum(h['seconds'] for h in history):.0f} s of training); curve: {write_curve(out) or 'needs plotly'}",
+          file=sys.stderr)
+    return 0

@@ -1,0 +1,136 @@
+"""The `python -m core` parser: eval, sweep and export flags come from their config dataclasses (core.cli.flags);
+each command is a function in core.cli.commands."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from core.cli import commands
+from core.cli.flags import add_config_flags
+from core.options import bits_list, positive_int
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line instead of argparse's usage dump
+        print(f"error: {message} (see `python -m core {self.prog.split()[-1]} --help`)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _run_commands(sub) -> None:
+    """eval, sweep and export: the flags of EvalConfig (eval, sweep) and QuantConfig (export)."""
+    from core.eval.config import EvalConfig
+    from core.quant.config import QuantConfig
+
+    p = sub.add_parser("eval", help="quantize, evaluate and benchmark one configuration")
+    add_config_flags(p, EvalConfig)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the cache")
+    p.set_defaults(func=commands.cmd_eval)
+    p = sub.add_parser("sweep", help="run several bit widths and write a CSV")
+    add_config_flags(p, EvalConfig, bits=dict(type=bits_list, required=True, help="comma-separated, e.g. 16,8,4,3"))
+    p.add_argument("--out", default=None, help="CSV path (default cache/sweeps/MODEL-TIME.csv)")
+    p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the cache")
+    p.set_defaults(func=commands.cmd_sweep)
+    p = sub.add_parser("export", help="quantize one configuration and write it to a folder (mlx-lm folder for "
+                       "language models, safetensors + quantization.json for ResNets)")
+    add_config_flags(p, QuantConfig, skip=("act_bits",),
+                     bits=dict(type=int, required=True, help="2, 3, 4, 5, 6, 8 (16: full precision)"))
+    p.add_argument("--out", required=True, help="folder to write (created; an earlier export there is replaced)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty folder export did not create")
+    p.set_defaults(func=commands.cmd_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m core", description="MLX Quant Lab: quantize, evaluate and benchmark MLX models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_run_commands, _table_commands, _serving_commands, _other_commands):
+        add(sub)
+    return parser
+
+
+def _table_commands(sub) -> None:
+    """sensitivity and results: tables of measured rows."""
+    from core.quant.calibration import default_size
+
+    p = sub.add_parser("sensitivity", help="per-layer sensitivity table: each layer quantized alone, KL against "
+                       "full precision on calibration data (cached)")
+    p.add_argument("--model", required=True, help="registry name, an mlx-lm folder or a Hugging Face id")
+    p.add_argument("--bits", "--q-bits", dest="bits", type=bits_list, default=[2, 3, 4, 8],
+                   help="comma-separated widths (default 2,3,4,8)")
+    p.add_argument("--q-group-size", type=int, default=None, help="affine group size: 32, 64 (default) or 128")
+    p.add_argument("--calib", type=positive_int, default=None, help=f"CIFAR-10 train images (default "
+                   f"{default_size('sensitivity', 'vision')}) or WikiText-2 validation chunks (default "
+                   f"{default_size('sensitivity', 'lm')}; a GPU affords more)")
+    p.add_argument("--ctx", type=positive_int, default=512, help="LM calibration chunk length in tokens")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration image choice")
+    p.add_argument("--target-bpw", type=float, default=None, help="also print the mixed-precision allocation")
+    p.add_argument("--json", action="store_true", help="print one JSON object: rows (and the allocation)")
+    p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the cache")
+    p.set_defaults(func=commands.cmd_sensitivity)
+    p = sub.add_parser("results", help="list or export the cached result rows")
+    p.add_argument("--dir", default=None, help="a folder of result rows (default: the cache)")
+    p.add_argument("--out", default=None, help="write them as CSV here")
+    p.set_defaults(func=commands.cmd_results)
+
+
+def _serving_commands(sub) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API for quantized models")
+    p.add_argument("--models", default=None, help="comma-separated ids to serve, e.g. "
+                   "smollm2-135m-instruct@q4g64,resnet20@q8 (default: a few of each)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set MLXQ_API_KEY)")
+    p.add_argument("--memory-budget-mb", type=float, default=2048, help="evict least-recently-used models beyond this")
+    p.set_defaults(func=commands.cmd_serve)
+    p = sub.add_parser("loadtest", help="bounded load test of a running server on this machine")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--chat-model", default="smollm2-135m-instruct@q4g64")
+    p.add_argument("--image-model", default=None, help="default: resnet20@q8 (resnet20-mlxq@q8 without the mirror)")
+    p.add_argument("--clients", type=positive_int, default=16)
+    p.add_argument("--requests", type=positive_int, default=256)
+    p.add_argument("--chat-every", type=positive_int, default=4, help="every Nth request is a chat completion")
+    p.add_argument("--max-tokens", type=positive_int, default=8)
+    p.add_argument("--api-key", default=None)
+    p.set_defaults(func=commands.cmd_loadtest)
+
+
+def _other_commands(sub) -> None:
+    """bench, train, demo and prepare."""
+    p = sub.add_parser("bench", help="performance comparison, written as CSV and markdown under docs/bench/")
+    p.add_argument("--sections", default="resnet,ppl,decode,llama-cpp", help="comma-separated sections")
+    p.add_argument("--out", default="docs/bench", help="output folder")
+    p.add_argument("--quick", action="store_true", help="subsets (1,000 images, 2 chunks) for a fast check")
+    p.set_defaults(func=commands.cmd_bench)
+    p = sub.add_parser("train", help="train a CIFAR-10 ResNet from scratch (resumes from --out)")
+    p.add_argument("--model", default="resnet20", help="resnet20 (default), resnet32, resnet44 or resnet56")
+    p.add_argument("--epochs", type=positive_int, default=200)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (cosine schedule)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=positive_int, default=None, help="train on N images (smoke tests)")
+    p.add_argument("--eval-every", type=positive_int, default=1, help="test accuracy every N epochs (curve)")
+    p.add_argument("--out", default="cache/train/resnet20", help="checkpoints, history.json and curve.html")
+    p.set_defaults(func=commands.cmd_train)
+    p = sub.add_parser("demo", help="prepare the dashboard's demo sweep (cached runs for every chart)")
+    p.set_defaults(func=commands.cmd_demo)
+    p = sub.add_parser("prepare", help="fetch and convert the offline SmolLM2 model into cache/")
+    p.set_defaults(func=commands.cmd_prepare)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from core import runtime
+    from core.errors import LabError
+
+    runtime.warn_if_slow_blas()
+    try:
+        return args.func(args)
+    except LabError as error:
+        print(f"\nerror: {error}" if not getattr(args, "json", False) else f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,315 @@
+"""`python -m core bench`: the performance comparison, every figure measured side by side in one run, written as
+CSV plus a markdown report (docs/bench/) that names the command, versions and machine."""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from core import data, runtime, settings
+from core.deploy import fastdecode, generate
+from core.deploy.ids import load_deployed, parse_model_id
+from core.eval import quality
+from core.eval.flatconv import FLAT_BATCH, FlatResNet
+from core.eval.speed import bench_generation
+from core.models import resnet
+from core.models.gguf import find_or_fetch_smollm2_gguf
+from core.models.registry import resolve
+from core.quant.baseline import load_baseline
+from core.quant.layers import dequantize_model, size_bytes
+from core.quant.spec import QuantSpec
+
+
+@dataclass
+class BenchRow:
+    section: str
+    subject: str
+    variant: str
+    value: float
+    unit: str
+    note: str = ""
+
+
+def _best_of(fn, trials: int, warmup=None):
+    """(fastest wall time of `fn()` in seconds, its last result) after a warm-up call of `warmup` (default fn);
+    fn forces its own evaluation."""
+    (warmup or fn)()
+    times, result = [], None
+    for _ in range(trials):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def resnet_eval_speed(names=("resnet20",), bits=(16, 8, 4), limit: int | None = None, trials: int = 1) -> list[BenchRow]:
+    """Images/s over the CIFAR-10 test set: the plain evaluation (the quantized model's forward, glibc's default
+    allocator) against the same forward with large buffers kept on the heap, and against the project's path
+    (de-quantized weights, BatchNorm folded, core.eval.flatconv); top-1 agreement with the plain run."""
+    images, labels = data.load_cifar10("test")
+    idx = data.stratified_indices(labels, limit)
+    x = resnet.preprocess(images[idx])
+    rows = []
+    for name in names:
+        for b in bits:
+            spec = QuantSpec(b).validated()
+            model = load_deployed(resolve(name), spec).model
+            with runtime.glibc_default_allocator():
+                t_plain, logits = _best_of(lambda: quality.classify_batches(model, x), trials,
+                                           warmup=lambda: mx.eval(model(x[:500])))
+            subject = f"{name} {spec.tag}"
+            rows.append(BenchRow("resnet-eval", subject, "plain: quantized model's forward, glibc default allocator",
+                                 len(idx) / t_plain, "images/s", f"{len(idx)} images, {t_plain:.1f} s"))
+            variants = [("same forward, large buffers kept on the heap", lambda: model, 500)]
+            if runtime.backend() == "cpu":
+                variants.append(("project: de-quantized, BatchNorm folded, flat GEMM convolutions, one CPU stream per core",
+                                 lambda: FlatResNet(dequantize_model(model)), None))
+            for variant, build, batch in variants:
+                fn = build()  # in order: the flat executor de-quantizes the model in place
+                run = (lambda: fn.classify(x)) if batch is None else (lambda: quality.classify_batches(fn, x, batch))
+                t, out = _best_of(run, trials, warmup=lambda: mx.eval(fn(x[:batch or FLAT_BATCH])))
+                same = float(np.mean(out.argmax(axis=1) == logits.argmax(axis=1))) * 100
+                rows.append(BenchRow("resnet-eval", subject, variant, len(idx) / t, "images/s",
+                                     f"{len(idx)} images, {t:.1f} s; {same:.2f} % same top-1; {t_plain / t:.2f}x"))
+    return rows
+
+
+def ppl_eval_speed(chunks: int = 8, trials: int = 1) -> list[BenchRow]:
+    """Window tokens/s: a plain fp32 forward of each 512-token chunk (all logits, glibc's default allocator)
+    against the project's perplexity evaluation of the same chunks (scored half through the head, two windows
+    per CPU stream, one stream per core)."""
+    info = resolve("smollm2-135m-instruct")
+    model, tokenizer = load_baseline(info)
+    tokens = quality.wikitext_tokens(info.name, tokenizer)
+    windows = quality.chunk_windows(tokens, 512, None)[data.spread_indices(len(tokens) // 512, chunks)]
+
+    def plain():
+        for w in windows:
+            logits = model(mx.array(w[None]))
+            mx.eval(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+
+    with runtime.glibc_default_allocator():
+        t_plain, _ = _best_of(plain, trials, warmup=lambda: mx.eval(model(mx.array(windows[:1]))))
+    t_fast, _ = _best_of(lambda: quality.perplexity(model, windows), trials,
+                         warmup=lambda: quality.perplexity(model, windows[:1]))
+    n = windows.size
+    return [BenchRow("ppl-eval", "smollm2 fp32", "plain forward, one chunk at a time", n / t_plain, "tokens/s",
+                     f"{len(windows)} chunks of 512"),
+            BenchRow("ppl-eval", "smollm2 fp32", "project perplexity path", n / t_fast, "tokens/s",
+                     f"{len(windows)} chunks of 512; {t_plain / t_fast:.2f}x")]
+
+
+def decode_speed(tags=("fp", "q8", "q4g64"), new_tokens: int = 64, trials: int = 3) -> list[BenchRow]:
+    """Decode tokens/s of mlx_lm.generate against the project's generation path (playground and API), same
+    model, prompt and greedy decoding, trials alternated so both see the same machine state."""
+    from mlx_lm import generate
+
+    rows = []
+    for tag in tags:
+        d = load_deployed(*parse_model_id(f"smollm2-135m-instruct@{tag}"))
+        prompt = generate.chat_prompt_tokens(d.tokenizer, [{"role": "user", "content": "Tell me about the sea."}])
+        theirs, ours = [], []
+        for _ in range(trials + 1):
+            start = time.perf_counter()
+            generate(d.model, d.tokenizer, prompt, max_tokens=new_tokens)
+            theirs.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for _chunk in generate.stream_chat(d.model, d.tokenizer, prompt, new_tokens, 0.0):
+                pass
+            ours.append(time.perf_counter() - start)
+        # prompt processing is in both; the ratio of whole-request times bounds the decode ratio from below
+        t_theirs, t_ours = min(theirs[1:]), min(ours[1:])
+        rows += [BenchRow("decode", f"smollm2 {tag}", "mlx_lm.generate", new_tokens / t_theirs, "tokens/s",
+                          f"{new_tokens} tokens, greedy, prompt {len(prompt)} tokens, best of {trials}"),
+                 BenchRow("decode", f"smollm2 {tag}", "project (core.deploy.generate.stream_chat)", new_tokens / t_ours,
+                          "tokens/s", f"{t_theirs / t_ours:.3f}x of mlx_lm.generate")]
+    return rows
+
+
+# Peak memory bandwidth by device name, for the decode ceiling (size of the weights read per token).
+MEMORY_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12, "M1": 68e9, "M2": 100e9, "M3": 100e9,
+                    "M4": 120e9}
+
+
+def _bandwidth() -> float | None:
+    device = runtime.describe()["device"]
+    return next((bw for name, bw in MEMORY_BANDWIDTH.items() if name in device), None)
+
+
+def full_eval_speed(names=tuple(resnet.DEPTHS), bits=(16, 8, 6, 5, 4, 3), lm_bits=(16, 8, 4)) -> list[BenchRow]:
+    """Wall time of a full test-set evaluation with the deployed (quantized-kernel) model, load excluded:
+    every ResNet on the 10,000 CIFAR-10 test images, SmolLM2 perplexity on all 592 WikiText-2 chunks."""
+    images, labels = data.load_cifar10("test")
+    x = resnet.preprocess(images)
+    rows = []
+    for name in names:
+        for b in bits:
+            spec = QuantSpec(b).validated()
+            model = load_deployed(resolve(name), spec).model
+            t, logits = _best_of(lambda: quality.classify_batches(model, x, batch_size=2500), 2,
+                                 warmup=lambda: mx.eval(model(x[:2500])))
+            acc = quality.accuracy(logits, labels)
+            rows.append(BenchRow("full-eval", f"{name} {spec.tag}", f"CIFAR-10 test, {len(x):,} images", t, "s",
+                                 f"{len(x) / t:,.0f} images/s; top-1 {100 * acc.top1:.2f} %"))
+    info = resolve("smollm2-135m-instruct")
+    for b in lm_bits:
+        spec = QuantSpec(b).validated()
+        d = load_deployed(info, spec)
+        model, tokenizer = d.model, d.tokenizer
+        tokens = quality.wikitext_tokens(info.name, tokenizer)
+        windows = quality.chunk_windows(tokens, 512, None)
+        t, result = _best_of(lambda: quality.perplexity(model, windows, batch_size=16), 1,
+                             warmup=lambda: quality.perplexity(model, windows[:16], batch_size=16))
+        rows.append(BenchRow("full-eval", f"smollm2 {spec.tag}", "WikiText-2 test, 592 chunks", t, "s",
+                             f"{windows.size / t:,.0f} tokens/s; PPL {result.ppl:.3f} ± {result.stderr:.3f}"))
+    return rows
+
+
+def decode_ceiling(tags=("fp", "q8", "q4g64"), dtypes=("float32", "bfloat16"), new_tokens: int = 128,
+                   trials: int = 3) -> list[BenchRow]:
+    """Decode tokens/s of plain mlx-lm (its stream_generate), of the project's generation path
+    (generate.stream_chat, engine as `decode_engine` picks it) and of the opt-in compiled decode step,
+    alternated, best of `trials`, next to the memory-bandwidth ceiling (bandwidth / bytes of weights)."""
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    bandwidth = _bandwidth()
+    rows = []
+    for dtype in dtypes:
+        for tag in tags:
+            d = load_deployed(*parse_model_id(f"smollm2-135m-instruct@{tag}"))
+            d.model.set_dtype(getattr(mx, dtype))  # activations (and scales) in this type; packed weights stay
+            size = size_bytes(d.model)
+            prompt = d.tokenizer.encode("The history of the sea is long and " * 20)[:128]
+            greedy = make_sampler(temp=0.0)
+            theirs, ours, compiled = [], [], []
+            for _ in range(trials + 1):  # the first round warms all up (kernel compilation, tracing)
+                *_, last = stream_generate(d.model, d.tokenizer, prompt, max_tokens=new_tokens, sampler=greedy)
+                theirs.append(last.generation_tps)
+                *_, chunk = generate.stream_chat(d.model, d.tokenizer, prompt, new_tokens, 0.0)
+                ours.append(chunk.tokens_per_s)
+                *_, last = fastdecode.stream_generate(d.model, d.tokenizer, prompt, new_tokens, greedy)
+                compiled.append(last.generation_tps)
+            ceiling = f"ceiling {bandwidth / size:,.0f} tokens/s" if bandwidth else "ceiling unknown"
+            common = f"{size / 1e6:,.0f} MB of weights, {ceiling}; prompt 128, {new_tokens} greedy tokens, best of {trials}"
+            subject = f"smollm2 {tag}, {dtype}"
+            base = max(theirs[1:])
+            rows.append(BenchRow("decode-ceiling", subject, "mlx-lm stream_generate", base, "tokens/s", common))
+            for variant, tps in ((f"project ({generate.decode_engine(d.model)} engine)", max(ours[1:])),
+                                 ("compiled decode step (core.deploy.fastdecode, opt-in)", max(compiled[1:]))):
+                rows.append(BenchRow("decode-ceiling", subject, variant, tps, "tokens/s",
+                                     f"{common}; {tps / base:.2f}x mlx-lm"))
+    return rows
+
+
+def llama_cpp_peer(chunks: int = 4, prompt_tokens: int = 512, new_tokens: int = 64,
+                   tags=("fp", "q8", "q4g32")) -> list[BenchRow]:
+    """llama.cpp (llama-cpp-python) on the very GGUF this project converts SmolLM2 from (Q4_1 linear layers,
+    Q8_0 embedding), on the same CPU threads: prefill and greedy-decode tokens/s and perplexity on the same
+    token windows (the project's tokenization, second half of each 512-token chunk scored), next to the project's
+    deployed models at the closest widths, measured in the same run."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return [BenchRow("peer", "llama.cpp", "not measured", float("nan"), "",
+                         "llama-cpp-python is not installed (pip install llama-cpp-python==0.3.36 builds it, ~10 min)")]
+    info = resolve("smollm2-135m-instruct")
+    gguf = find_or_fetch_smollm2_gguf(settings.cache_root() / "downloads")
+    threads = os.cpu_count() or 1
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=max(512, prompt_tokens + new_tokens + 8), n_batch=512,
+                          n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)
+    d = load_deployed(info, QuantSpec().validated())
+    tokens = quality.wikitext_tokens(info.name, d.tokenizer)
+    windows = quality.chunk_windows(tokens, 512, None)[data.spread_indices(len(tokens) // 512, chunks)]
+    prompt = tokens[:prompt_tokens]
+
+    _llama_prefill_decode(llm, prompt, new_tokens)  # warm-up
+    prefill_s, decode_s = min((_llama_prefill_decode(llm, prompt, new_tokens) for _ in range(2)),
+                              key=lambda t: t[0] + t[1])
+    where = f"{threads} threads, prompt {prompt_tokens} tokens, {new_tokens} greedy steps"
+    rows = [BenchRow("peer", "llama.cpp GGUF (Q4_1, embedding Q8_0)", "prefill", prompt_tokens / prefill_s,
+                     "tokens/s", where),
+            BenchRow("peer", "llama.cpp GGUF (Q4_1, embedding Q8_0)", "decode", new_tokens / decode_s, "tokens/s",
+                     where),
+            BenchRow("peer", "llama.cpp GGUF (Q4_1, embedding Q8_0)", "perplexity", _llama_perplexity(llm, windows), "PPL",
+                     f"{len(windows)} WikiText-2 test chunks of 512, second half scored, project tokens")]
+    for tag in tags:
+        d = load_deployed(*parse_model_id(f"{info.name}@{tag}"))
+        speed = bench_generation(d.model, prompt, decode_tokens=new_tokens)  # the deployed, quantized kernels
+        subject = f"project smollm2 {tag} ({d.bits_per_weight:.2f} bpw)"
+        ppl = quality.perplexity(dequantize_model(d.model), windows).ppl  # proven equal, BLAS speed on CPU
+        rows += [BenchRow("peer", subject, "prefill", speed.extra["prefill_tokens_per_s"], "tokens/s", where),
+                 BenchRow("peer", subject, "decode", speed.throughput, "tokens/s", where),
+                 BenchRow("peer", subject, "perplexity", ppl, "PPL", f"the same {len(windows)} chunks")]
+    return rows
+
+
+def _llama_prefill_decode(llm, prompt: np.ndarray, new_tokens: int) -> tuple[float, float]:
+    """Seconds llama.cpp takes to prefill `prompt`, then to decode `new_tokens` greedy tokens."""
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(prompt.tolist())
+    prefill = time.perf_counter() - start
+    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        llm.eval([token])
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    return prefill, time.perf_counter() - start
+
+
+def _llama_perplexity(llm, windows: np.ndarray) -> float:
+    """llama.cpp's perplexity over the second half of each window (the lab's protocol, the lab's tokens)."""
+    nll = []
+    for window in windows:
+        llm.reset()
+        llm.eval(window.tolist())
+        logits = np.asarray(llm.scores[: len(window)], dtype=np.float64)
+        top = logits.max(axis=1, keepdims=True)
+        logp = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+        half = len(window) // 2
+        nll += [-logp[i, window[i + 1]] for i in range(half - 1, len(window) - 1)]
+    return float(np.exp(np.mean(nll)))
+
+
+def _number(value: float) -> str:
+    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
+SECTIONS = {"resnet": resnet_eval_speed, "ppl": ppl_eval_speed, "decode": decode_speed, "llama-cpp": llama_cpp_peer,
+            "full-eval": full_eval_speed, "decode-ceiling": decode_ceiling}
+
+
+def run_bench(sections: list[str], out_dir: Path, command: str, quick: bool = False) -> Path:
+    rows: list[BenchRow] = []
+    for name in sections:
+        print(f"bench: {name}", file=sys.stderr, flush=True)
+        fn = SECTIONS[name]
+        if quick and name == "resnet":
+            rows += fn(limit=1000)
+        elif quick and name == "ppl":
+            rows += fn(chunks=2)
+        else:
+            rows += fn()
+    env = runtime.describe()
+    stem = f"{env['backend']}-{env['device'].replace(' ', '_').lower()}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    lines = [f"# Benchmark: {env['backend']} ({env['device']})", "",
+             f"Generated by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
+             "| section | subject | variant | value | unit | note |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.section} | {r.subject} | {r.variant} | {_number(r.value)} | {r.unit} | {r.note} |" for r in rows]
+    report = out_dir / f"{stem}.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report

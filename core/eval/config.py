@@ -1,0 +1,108 @@
+"""An evaluation run's configuration (a quantization config plus how to measure it), its result row, and the
+cache key that row is stored under."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from core import runtime, settings
+from core.cache import ResultCache, digest
+from core.errors import LabError
+from core.options import option, positive_int
+from core.quant.config import QuantConfig
+
+RESULTS_VERSION = 2  # bump when a change alters measured values, so old cache entries are not reused
+EVAL_PATHS = ("auto", "dequant", "kernel")
+BOS_POLICIES = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class EvalConfig(QuantConfig):
+    """Everything that defines a run; every field is part of the cache key."""
+
+    limit: int | None = option(None, "evaluate on a deterministic subset: N images or N 512-token chunks "
+                               "(default: all)", parse=positive_int)
+    eval_path: str = option("auto", "auto, dequant or kernel: how quality is computed")
+    bos: str = option("auto", "perplexity: BOS first in each chunk: auto (if the tokenizer adds one, as "
+                      "llama.cpp), always or never")
+    bench: bool = option(True, "skip the speed and memory benchmark", negate="--no-bench")
+    bench_prefill: int = option(128, "LM benchmark prompt tokens", parse=positive_int)
+    bench_decode: int = option(32, "LM benchmark decode steps", parse=positive_int)
+
+    def validated(self) -> "EvalConfig":
+        cfg = super().validated()
+        if self.eval_path not in EVAL_PATHS:
+            raise LabError(f"--eval-path must be one of {', '.join(EVAL_PATHS)}.")
+        if self.limit is not None and self.limit <= 0:
+            raise LabError(f"--limit must be a positive number, not {self.limit}.")
+        if self.bos not in BOS_POLICIES:
+            raise LabError(f"--bos must be one of {', '.join(BOS_POLICIES)}.")
+        return cfg
+
+
+@dataclass
+class EvalResult:
+    # The CLI contract's fields first.
+    model: str
+    method: str
+    bits: int
+    group_size: int | None
+    mode: str
+    metric: str
+    value: float
+    stderr: float
+    n: int
+    size_bytes: int
+    bits_per_weight: float
+    latency_ms_p50: float | None
+    throughput: float | None
+    peak_memory_bytes: int | None
+    backend: str
+    # Everything else needed to read and reproduce the number.
+    tag: str = ""
+    kind: str = ""
+    baseline: str = ""
+    protocol: str = ""
+    ci95_low: float | None = None
+    ci95_high: float | None = None
+    top5: float | None = None
+    agreement: float | None = None  # top-1 agreement with the full-precision model, percent
+    kl_mean: float | None = None
+    kl_stderr: float | None = None
+    reference_value: float | None = None  # the full-precision model's metric on the same data
+    latency_ms_p90: float | None = None
+    throughput_unit: str = ""
+    prefill_tokens_per_s: float | None = None
+    rss_bytes: int | None = None
+    bench_protocol: str = ""
+    layers_quantized: int = 0
+    layers_kept: dict = field(default_factory=dict)
+    layers_padded: dict = field(default_factory=dict)
+    layer_bits: dict = field(default_factory=dict)  # mixed precision: the width each layer got
+    eval_path: str = ""
+    config: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
+    eval_seconds: float = 0.0
+    created: str = ""
+    cached: bool = False
+    predictions: list | None = None  # vision top-1 per image; kept in the cache, not shown
+
+    def public(self) -> dict:
+        out = asdict(self)
+        out.pop("predictions")
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvalResult":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def cache_key(cfg: EvalConfig) -> str:
+    env = runtime.describe()
+    return digest({"config": asdict(cfg), "backend": env["backend"], "device": env["device"],
+                   "mlx": env["mlx"], "mlx_lm": env["mlx_lm"], "version": RESULTS_VERSION})
+
+
+def result_cache() -> ResultCache:
+    """Where result rows live: MLXQ_RESULTS, or cache/results (tests point it at a temporary folder)."""
+    return ResultCache(settings.results_dir())

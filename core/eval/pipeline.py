@@ -1,0 +1,123 @@
+"""One evaluation run: quantize (core.quant.recipe), benchmark the deployed form, measure quality, cache the row."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+
+import numpy as np
+
+from core import data, runtime
+from core.eval import quality
+from core.eval.config import EvalConfig, EvalResult, cache_key, result_cache
+from core.eval.flatconv import FlatResNet
+from core.eval.speed import bench_classifier, bench_generation
+from core.models import resnet
+from core.models.registry import ModelInfo
+from core.quant.baseline import DTYPES, load_baseline
+from core.quant.layers import bits_per_weight, dequantize_model, size_bytes
+from core.quant.recipe import quantize
+
+
+def run_eval(config: EvalConfig, use_cache: bool = True, progress: quality.Progress | None = None) -> EvalResult:
+    """Quantize, benchmark and evaluate one configuration; cached on disk under cache/results/."""
+    cfg = config.validated()
+    key, cache = cache_key(cfg), result_cache()
+    if use_cache and (body := cache.read(key)) is not None:
+        return replace(EvalResult.from_dict(body), cached=True)
+    started = time.perf_counter()
+    step = progress or (lambda fraction, message: None)
+    q = quantize(cfg, progress=lambda f, m: step(0.1 * f, m))
+    info, model, tokenizer, report = q.info, q.model, q.tokenizer, q.report
+    row = dict(size_bytes=size_bytes(model), bits_per_weight=bits_per_weight(model),
+               layers_quantized=len(report.quantized), layers_kept=report.kept, layers_padded=report.padded,
+               layer_bits=report.layer_bits)
+    eval_path = cfg.eval_path if cfg.eval_path != "auto" else ("dequant" if runtime.backend() == "cpu" else "kernel")
+    if cfg.spec.full_precision:
+        eval_path = "float"
+    if info.kind == "vision":
+        result = _eval_vision(cfg, info, model, eval_path, row, step, use_cache)
+    else:
+        result = _eval_lm(cfg, info, model, tokenizer, eval_path, row, step)
+    result.eval_seconds = time.perf_counter() - started
+    cache.write(key, asdict(result))
+    step(1.0, "done")
+    return result
+
+
+def _common(cfg: EvalConfig, info: ModelInfo, eval_path: str, speed, row: dict) -> dict:
+    speed_fields = {} if speed is None else dict(
+        latency_ms_p50=speed.latency_ms_p50, latency_ms_p90=speed.latency_ms_p90, throughput=speed.throughput,
+        throughput_unit=speed.throughput_unit, peak_memory_bytes=speed.peak_memory_bytes,
+        rss_bytes=speed.rss_bytes, bench_protocol=speed.protocol,
+        prefill_tokens_per_s=speed.extra.get("prefill_tokens_per_s"))
+    return dict(model=cfg.model, method=cfg.method, bits=cfg.bits, group_size=cfg.group_size, mode=cfg.mode,
+                backend=runtime.backend(), tag=cfg.tag, kind=info.kind, baseline=info.baseline,
+                eval_path=eval_path, config=asdict(cfg), environment=runtime.describe(),
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **{"latency_ms_p50": None, "throughput": None, "peak_memory_bytes": None, **speed_fields}, **row)
+
+
+def _eval_vision(cfg, info, model, eval_path, row, step, use_cache) -> EvalResult:
+    images, labels = data.load_cifar10("test")
+    idx = data.stratified_indices(labels, cfg.limit, cfg.seed)
+    inputs = resnet.preprocess(images[idx])
+    speed = None
+    if cfg.bench:
+        step(0.1, "benchmarking")
+        speed = bench_classifier(model, inputs[:250])
+    flat = None
+    if eval_path in ("dequant", "float"):
+        dequantize_model(model)
+        flat = FlatResNet.try_build(model) if runtime.backend() == "cpu" else None
+    step(0.2, f"evaluating {len(idx)} test images")
+    progress = lambda f, m: step(0.2 + 0.75 * f, m)  # noqa: E731
+    if flat is not None:  # the same logits, several times faster on the CPU (core.eval.flatconv)
+        logits = flat.classify(inputs, progress=progress)
+    else:
+        logits = quality.classify_batches(model, inputs, progress=progress)
+    acc = quality.accuracy(logits, labels[idx])
+    agreement = reference = None
+    if not cfg.spec.full_precision:
+        step(0.95, "full-precision reference")
+        base = run_eval(cfg.baseline(), use_cache=use_cache)  # same settings as a baseline run the user made
+        agreement = 100.0 * float(np.mean(np.asarray(base.predictions) == acc.predictions))
+        reference = base.value
+    p = acc.top1
+    return EvalResult(
+        **_common(cfg, info, eval_path, speed, row), metric="top1_accuracy", value=100 * p,
+        stderr=100 * float(np.sqrt(p * (1 - p) / acc.n)), n=acc.n, ci95_low=100 * acc.ci95[0],
+        ci95_high=100 * acc.ci95[1], top5=100 * acc.top5, agreement=agreement, reference_value=reference,
+        protocol=(f"CIFAR-10 test, {acc.n} images" + ("" if cfg.limit is None or cfg.limit >= 10000 else
+                  f" (class-stratified subset, seed {cfg.seed})") + "; top-1 %, 95 % Wilson interval"
+                  + (f"; activations simulated at {cfg.act_bits} bits, per-tensor ranges from {cfg.calib} CIFAR-10 "
+                     "train images" if cfg.act_bits else "")),
+        predictions=acc.predictions.tolist())
+
+
+def _eval_lm(cfg, info, model, tokenizer, eval_path, row, step) -> EvalResult:
+    step(0.08, "tokenizing WikiText-2 test")
+    tokens = quality.wikitext_tokens(cfg.model, tokenizer)
+    bos_id = quality.chunk_bos(cfg.bos, tokenizer)
+    windows = quality.chunk_windows(tokens, cfg.ctx, bos_id)
+    chosen = data.spread_indices(len(windows), cfg.limit)
+    windows = windows[chosen]
+    speed = None
+    if cfg.bench:
+        step(0.1, "benchmarking generation")
+        prompt = tokens[: cfg.bench_prefill]
+        speed = bench_generation(model, prompt, cfg.bench_decode)
+    if eval_path == "dequant":
+        dequantize_model(model, DTYPES[cfg.dtype])
+    reference = None
+    if not cfg.spec.full_precision:
+        reference, _ = load_baseline(info, cfg.dtype)
+    step(0.2, f"scoring {len(windows)} chunks")
+    ppl = quality.perplexity(model, windows, reference, progress=lambda f, m: step(0.2 + 0.8 * f, m))
+    subset = "" if len(chosen) == len(tokens) // cfg.ctx else f", {len(chosen)} of {len(tokens) // cfg.ctx} chunks evenly spread"
+    return EvalResult(
+        **_common(cfg, info, eval_path, speed, row), metric="perplexity", value=ppl.ppl, stderr=ppl.stderr,
+        n=ppl.n_tokens, kl_mean=ppl.kl_mean, kl_stderr=ppl.kl_stderr, reference_value=ppl.reference_ppl,
+        protocol=f"WikiText-2 raw test ({len(tokens)} tokens{subset}); "
+                 + quality.PPL_PROTOCOL.format(ctx=cfg.ctx, bos="BOS" if bos_id is not None else "no BOS")
+                 + "; PPL ± standard error; KL vs full precision")

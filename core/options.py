@@ -1,0 +1,41 @@
+"""Config fields that are also command-line flags: each field says its flag, help and parser in its metadata,
+and core.cli generates the flags from the dataclass, so eval, sweep and export share one definition."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, Field, field
+from typing import Callable
+
+
+def option(default, help: str, flag: str | None = None, parse: Callable[[str], object] | None = None,
+           negate: str | None = None, cli: bool = True):
+    """A dataclass field with its flag: `flag` defaults to --field-name; `parse` turns the flag's text into the
+    value; a boolean field becomes `--flag` (store true) or, with `negate`, a `--no-...` flag storing false;
+    cli=False keeps the field off the command line."""
+    return field(default=default, metadata={"help": help, "flag": flag, "parse": parse, "negate": negate,
+                                            "cli": cli})
+
+
+def flag_name(f: Field) -> str:
+    return f.metadata.get("negate") or f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def has_default(f: Field) -> bool:
+    return f.default is not MISSING or f.default_factory is not MISSING
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def bits_list(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated bit widths like 16,8,4,3, got {text!r}")

@@ -1,0 +1,20 @@
+"""The full-precision baseline of any model: the checkpoint as loaded, every quantized layer de-quantized, in
+the compute dtype. Every quantization starts from it, and every quality number is measured against it."""
+from __future__ import annotations
+
+import mlx.core as mx
+
+from core.models.registry import ModelInfo, load
+from core.quant.layers import dequantize_model
+
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+def load_baseline(info: ModelInfo, dtype: str = "float32"):
+    """(model, tokenizer or None) in full precision, fresh each call (quantization replaces layers in place)."""
+    model, tokenizer = load(info)
+    if info.kind == "lm":  # an already quantized mlx-lm checkpoint is de-quantized exactly, then cast
+        dequantize_model(model, DTYPES[dtype])
+        model.set_dtype(DTYPES[dtype])
+        mx.eval(model.parameters())
+    return model, tokenizer

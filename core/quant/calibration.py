@@ -1,0 +1,57 @@
+"""Calibration data for the calibrated methods, and how much of it each method takes by default.
+
+Calibration data is never a test set: CIFAR-10 *train* images for the ResNets, WikiText-2 *validation* text
+for language models. Every default size lives here; the CLI, the pipeline and the dashboard ask `default_size`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from core import data
+from core.errors import LabError
+from core.models import resnet
+
+# Images, or chunks of `ctx` tokens. The per-layer measurements (`mixed`, and the sensitivity table it is built
+# from) quantize every layer at every width, so their defaults are what a 2-core CPU affords; give them more on
+# a GPU. Every other use (GPTQ, AWQ, the ranges of simulated activations) takes the larger default.
+_DEFAULT_SIZES = {"vision": 512, "lm": 32}
+_PER_LAYER_SIZES = {"vision": 256, "lm": 2}
+PER_LAYER = ("mixed", "sensitivity")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    size: int  # images (vision) or chunks (lm)
+    ctx: int = 512
+    seed: int = 0
+    target_bpw: float | None = None  # mixed precision's budget
+
+
+def default_size(method: str, kind: str) -> int:
+    """How much calibration data `method` ('rtn' with simulated activations, 'gptq', 'awq', 'mixed' or
+    'sensitivity') takes for a model of `kind` ('vision' or 'lm') unless told otherwise."""
+    return (_PER_LAYER_SIZES if method in PER_LAYER else _DEFAULT_SIZES)[kind]
+
+
+def calibration_images(n: int, seed: int = 0) -> mx.array:
+    """`n` class-stratified CIFAR-10 *train* images, preprocessed as the models expect."""
+    images, labels = data.load_cifar10("train")
+    return resnet.preprocess(images[data.stratified_indices(labels, n, seed)])
+
+
+def calibration_tokens(tokenizer, n: int, ctx: int) -> mx.array:
+    """`n` chunks of `ctx` tokens evenly spread over WikiText-2 *validation*."""
+    tokens = np.asarray(tokenizer.encode(data.load_wikitext2_calibration(), add_special_tokens=False), np.int32)
+    chunks = len(tokens) // ctx
+    if chunks == 0:
+        raise LabError(f"The calibration text has fewer than {ctx} tokens.")
+    picked = data.spread_indices(chunks, n)
+    return mx.array(tokens[: chunks * ctx].reshape(chunks, ctx)[picked])
+
+
+def calibration_inputs(kind: str, tokenizer, calibration: Calibration) -> mx.array:
+    if kind == "vision":
+        return calibration_images(calibration.size, calibration.seed)
+    return calibration_tokens(tokenizer, calibration.size, calibration.ctx)

@@ -1,0 +1,88 @@
+"""What decides a quantized model: the model, its weight grid, the method and its calibration. One frozen
+dataclass, validated once; evaluation (core.eval.config.EvalConfig) extends it, export takes it as it is, and the
+CLI builds its flags from the fields' metadata."""
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, replace
+
+from core.errors import LabError
+from core.models import registry
+from core.options import option, positive_int
+from core.quant import calibration
+from core.quant.actquant import ACT_BITS
+from core.quant.baseline import DTYPES
+from core.quant.methods import METHODS, check_method
+from core.quant.spec import QuantSpec
+
+_CALIB_HELP = ("calibration size for calibrated methods: CIFAR-10 train images (default "
+               f"{calibration.default_size('gptq', 'vision')}; mixed {calibration.default_size('mixed', 'vision')}) "
+               f"or WikiText-2 validation chunks (default {calibration.default_size('gptq', 'lm')}; mixed "
+               f"{calibration.default_size('mixed', 'lm')})")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Everything that decides the quantized weights; `validated()` fills in every default."""
+
+    model: str = option(MISSING, "registry name (e.g. resnet20, smollm2-135m-instruct), an mlx-lm folder or a "
+                        "Hugging Face id")
+    bits: int = option(16, "2, 3, 4, 5, 6, 8, or 16 (full precision, default)", flag="--q-bits")
+    group_size: int | None = option(None, "affine: 32, 64 (default) or 128", flag="--q-group-size", parse=int)
+    mode: str = option("affine", "affine (default), mxfp4, nvfp4 or mxfp8", flag="--q-mode")
+    method: str = option("rtn", f"{' | '.join(METHODS)}: round to nearest (default), GPTQ, AWQ (language models) "
+                         "or mixed (per-layer bit widths from measured sensitivities; needs --target-bpw)")
+    calib: int | None = option(None, _CALIB_HELP, parse=positive_int)
+    target_bpw: float | None = option(None, "mixed: bits-per-weight budget, e.g. 4.5", parse=float)
+    act_bits: int | None = option(None, "ResNets: simulate 8-bit activations (W8A8 with --q-bits 8), ranges "
+                                  "calibrated on CIFAR-10 train images (evaluation only)", parse=int)
+    quantizer: str = option("minmax", "affine rounding: minmax (default) or mlx (mx.quantize)", flag="--q-quantizer")
+    seed: int = option(0, "seed of the evaluation subset and of the calibration choice")
+    keep_first: bool = option(False, "keep the first layer in full precision")
+    keep_last: bool = option(False, "keep the output layer in full precision")
+    dtype: str = option("float32", "LM dtype (compute and full-precision layers): float32, bfloat16 or float16")
+    ctx: int = option(512, "LM chunk length in tokens (perplexity and calibration)", parse=positive_int)
+
+    def validated(self):
+        """The same config with every default filled in, or a LabError that says what is wrong."""
+        info = registry.resolve(self.model)
+        spec = QuantSpec(self.bits, self.group_size, self.mode, self.quantizer).validated()
+        check_method(self.method, info.kind, spec)
+        calibrated = not spec.full_precision and self.method != "rtn"
+        if self.act_bits is not None and (self.act_bits not in ACT_BITS or info.kind != "vision"):
+            raise LabError(f"--act-bits takes {', '.join(map(str, ACT_BITS))} and applies to the ResNets only.")
+        if self.calib is not None and self.calib <= 0:
+            raise LabError(f"--calib must be a positive number, not {self.calib}.")
+        if self.method == "mixed" and not spec.full_precision and (self.target_bpw is None or self.target_bpw <= 0):
+            raise LabError("Method mixed needs --target-bpw, the bits-per-weight budget (e.g. 4.5).")
+        if self.dtype not in DTYPES:
+            raise LabError(f"--dtype must be one of {', '.join(DTYPES)}.")
+        if info.kind == "lm" and (self.ctx < 8 or self.ctx % 2):
+            raise LabError("--ctx must be an even number of tokens, at least 8.")
+        calib = None
+        if calibrated or self.act_bits:
+            calib = self.calib or calibration.default_size(self.method, info.kind)
+        return replace(self, bits=spec.bits, group_size=spec.group_size, mode=spec.mode, quantizer=spec.quantizer,
+                       method="none" if spec.full_precision else self.method, calib=calib,
+                       target_bpw=self.target_bpw if calibrated and self.method == "mixed" else None,
+                       keep_first=self.keep_first and not spec.full_precision,
+                       keep_last=self.keep_last and not spec.full_precision)
+
+    @property
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.bits, self.group_size, self.mode, self.quantizer)
+
+    @property
+    def tag(self) -> str:
+        """The spec's tag, with the method when it is not round-to-nearest: 'q4g64', 'q4g64-gptq', 'mixed4.5'."""
+        activations = f"-a{self.act_bits}" if self.act_bits else ""
+        if self.method == "mixed":
+            return f"mixed{self.target_bpw:g}-g{self.group_size}{activations}"
+        return self.spec.tag + ("" if self.method in ("rtn", "none") else f"-{self.method}") + activations
+
+    def calibration(self) -> calibration.Calibration:
+        return calibration.Calibration(self.calib or 0, self.ctx, self.seed, self.target_bpw)
+
+    def baseline(self):
+        """The full-precision config with the same data settings."""
+        return replace(self, bits=16, group_size=None, mode="affine", quantizer="minmax", method="none",
+                       calib=None, target_bpw=None, act_bits=None, keep_first=False, keep_last=False)

@@ -1,0 +1,59 @@
+"""Quantization methods: round-to-nearest, and the calibrated ones (GPTQ, AWQ, mixed precision).
+
+Every method ends in the same packed layout (core.quant.layers), so size, speed, export and the de-quantized
+evaluation path treat all of them alike."""
+from __future__ import annotations
+
+import mlx.nn as nn
+
+from core.errors import LabError
+from core.quant.awq import awq_lm
+from core.quant.calibration import Calibration, calibration_images, calibration_tokens
+from core.quant.gptq import gptq_lm, gptq_resnet
+from core.quant.layers import QuantReport, quantize_model
+from core.quant.mixed import quantize_mixed
+from core.quant.spec import QuantSpec
+
+METHODS = ("rtn", "gptq", "awq", "mixed")
+LM_ONLY = ("awq",)  # AWQ moves scales into the norms before linear layers: language models only
+
+
+def methods_for(kind: str) -> tuple[str, ...]:
+    """The methods a model of `kind` ('vision' or 'lm') can be quantized with."""
+    return tuple(m for m in METHODS if kind == "lm" or m not in LM_ONLY)
+
+
+def check_method(method: str, kind: str, spec: QuantSpec) -> None:
+    """A LabError when `method` cannot quantize a model of `kind` to `spec` (full precision takes any)."""
+    if spec.full_precision:
+        return
+    if method not in METHODS:
+        raise LabError(f"Unknown method {method!r}; available: {', '.join(METHODS)}.")
+    if method == "rtn":
+        return
+    if spec.mode != "affine":
+        raise LabError(f"Method {method} works on affine quantization; {spec.mode} is round-to-nearest only.")
+    if method not in methods_for(kind):
+        raise LabError("AWQ is for language models; for ResNets use gptq (with BatchNorm bias correction).")
+    if spec.quantizer != "minmax":
+        raise LabError(f"Method {method} uses this project's min-max grid; drop --q-quantizer mlx.")
+
+
+def apply_method(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, method: str, keep: set[str],
+                 calibration: Calibration, progress=None) -> QuantReport:
+    """Quantize `model` in place with `method`; returns what happened to each layer."""
+    step = progress or (lambda fraction, message: None)
+    if method == "rtn" or spec.full_precision:
+        return quantize_model(model, spec, keep)
+    if method == "gptq":
+        if kind == "vision":
+            packed = gptq_resnet(model, spec, keep, calibration_images(calibration.size, calibration.seed), step)
+        else:
+            packed = gptq_lm(model, spec, keep, calibration_tokens(tokenizer, calibration.size, calibration.ctx), step)
+        return quantize_model(model, spec, keep, packed=packed)
+    if method == "awq":
+        awq_lm(model, spec, calibration_tokens(tokenizer, calibration.size, calibration.ctx), step)
+        return quantize_model(model, spec, keep)
+    if method == "mixed":
+        return quantize_mixed(model, tokenizer, kind, spec, keep, calibration, step)
+    raise LabError(f"Unknown method {method!r}; available: {', '.join(METHODS)}.")

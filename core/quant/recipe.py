@@ -1,0 +1,54 @@
+"""The one way a config becomes a model: load the full-precision baseline, quantize it with the config's method
+(keeping the layers it says), and simulate integer activations where asked. Evaluation, export and the server
+all call `quantize`, so the exported model is the evaluated one by construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.nn as nn
+
+from core.models.lm import output_layer_path
+from core.models.registry import ModelInfo, resolve
+from core.quant.actquant import quantize_activations
+from core.quant.baseline import load_baseline
+from core.quant.calibration import calibration_images
+from core.quant.config import QuantConfig
+from core.quant.layers import QuantReport, weight_layer_paths
+from core.quant.methods import apply_method
+
+
+@dataclass
+class Quantized:
+    """A model quantized as its config says, with what happened to each layer."""
+
+    config: QuantConfig
+    info: ModelInfo
+    model: nn.Module
+    tokenizer: object | None
+    report: QuantReport
+
+
+def keep_set(model: nn.Module, config: QuantConfig) -> set[str]:
+    """The layer paths `keep_first` / `keep_last` ask to leave in full precision (the output layer of a model
+    whose head is tied to its embedding is the embedding)."""
+    layers = weight_layer_paths(model)
+    wanted = ((layers[0], config.keep_first), (output_layer_path(model, layers), config.keep_last))
+    return {path for path, keep in wanted if keep}
+
+
+def quantize(config: QuantConfig, progress=None) -> Quantized:
+    """The quantized model `config` describes, fresh (never shared: quantization replaces layers in place).
+    progress(fraction, message) is optional."""
+    cfg = config.validated()
+    step = progress or (lambda fraction, message: None)
+    info = resolve(cfg.model)
+    step(0.0, f"loading {cfg.model}")
+    model, tokenizer = load_baseline(info, cfg.dtype)
+    layers = weight_layer_paths(model)  # of the float model: the paths activations are calibrated at
+    step(0.5, f"quantizing ({cfg.tag})")
+    report = apply_method(model, tokenizer, info.kind, cfg.spec, cfg.method, keep_set(model, cfg),
+                          cfg.calibration(), progress=lambda f, m: step(0.5 + 0.5 * f, m))
+    if cfg.act_bits:
+        quantize_activations(model, layers, calibration_images(cfg.calib, cfg.seed), cfg.act_bits)
+    model.eval()
+    return Quantized(cfg, info, model, tokenizer, report)

@@ -1,0 +1,77 @@
+"""How weights are quantized: bits, group size, mode and rounding, validated, with their short tags."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from core.errors import LabError
+
+FULL_PRECISION_BITS = 16
+AFFINE_BITS = (2, 3, 4, 5, 6, 8)
+AFFINE_GROUP_SIZES = (32, 64, 128)
+FLOAT_MODES = {"mxfp4": (4, 32), "nvfp4": (4, 16), "mxfp8": (8, 32)}  # mode -> (bits, group size)
+MODES = ("affine", *FLOAT_MODES)
+QUANTIZERS = ("minmax", "mlx")
+_AFFINE_TAG = re.compile(r"^q(\d+)(?:g(\d+))?$")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How to quantize weights; bits >= 16 means full precision (no quantization)."""
+
+    bits: int = FULL_PRECISION_BITS
+    group_size: int | None = None
+    mode: str = "affine"
+    quantizer: str = "minmax"  # affine only: 'minmax' (this project's) or 'mlx' (mx.quantize, zero-snapping)
+
+    @property
+    def full_precision(self) -> bool:
+        return self.bits >= FULL_PRECISION_BITS
+
+    @property
+    def tag(self) -> str:
+        """Short name, e.g. 'fp', 'q4g64', 'mxfp4'."""
+        if self.full_precision:
+            return "fp"
+        if self.mode != "affine":
+            return self.mode
+        return f"q{self.bits}g{self.group_size}" + ("-mlx" if self.quantizer == "mlx" else "")
+
+    @classmethod
+    def from_tag(cls, tag: str) -> "QuantSpec":
+        """'fp' / 'q8' / 'q4g32' / 'mxfp4' -> a validated spec (the inverse of `tag` for the minmax quantizer)."""
+        tag = tag.strip().lower()
+        if tag in ("", "fp", "fp32", "q16"):
+            return cls().validated()
+        if tag in FLOAT_MODES:
+            return cls(FLOAT_MODES[tag][0], None, tag).validated()
+        match = _AFFINE_TAG.match(tag)
+        if not match:
+            raise LabError(f"Unknown quantization {tag!r}: use fp, q<bits> or q<bits>g<group> (e.g. q4g64), "
+                           f"or one of {', '.join(FLOAT_MODES)}.")
+        return cls(int(match[1]), int(match[2]) if match[2] else None).validated()
+
+    def validated(self) -> "QuantSpec":
+        """The same spec with defaults filled in, or a LabError that says what is allowed."""
+        if self.mode not in MODES:
+            raise LabError(f"Unknown quantization mode {self.mode!r}; choose one of {', '.join(MODES)}.")
+        if self.quantizer not in QUANTIZERS:
+            raise LabError(f"Unknown quantizer {self.quantizer!r}; choose one of {', '.join(QUANTIZERS)}.")
+        if self.full_precision:
+            if self.bits != FULL_PRECISION_BITS:
+                raise LabError(f"--q-bits {self.bits} is not supported; use 16 for full precision or one of {AFFINE_BITS}.")
+            return QuantSpec(FULL_PRECISION_BITS, None, "affine", "minmax")
+        if self.mode in FLOAT_MODES:
+            bits, group = FLOAT_MODES[self.mode]
+            if self.bits != bits or self.group_size not in (None, group):
+                raise LabError(f"Mode {self.mode} means {bits} bits in groups of {group}; "
+                               f"got --q-bits {self.bits} --q-group-size {self.group_size}.")
+            return QuantSpec(bits, group, self.mode, "minmax")
+        if self.bits not in AFFINE_BITS:
+            raise LabError(f"--q-bits {self.bits} is not supported; affine quantization takes "
+                           f"{', '.join(map(str, AFFINE_BITS))} bits (or 16 for full precision).")
+        group = 64 if self.group_size is None else self.group_size
+        if group not in AFFINE_GROUP_SIZES:
+            raise LabError(f"--q-group-size {group} is not supported; choose one of "
+                           f"{', '.join(map(str, AFFINE_GROUP_SIZES))}.")
+        return QuantSpec(self.bits, group, "affine", self.quantizer)

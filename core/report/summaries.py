@@ -1,0 +1,102 @@
+"""Measured rows as people read them: each result beside its full-precision baseline (dashboard), a run as text
+(CLI), a sensitivity table and its mixed-precision allocation as text (CLI); no Streamlit here."""
+from __future__ import annotations
+
+
+def _fmt(value, digits=2, suffix=""):
+    return "—" if value is None else f"{value:,.{digits}f}{suffix}"
+
+
+def comparison_table(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """(table rows, notes): each configuration with its delta against the full-precision row of the same model."""
+    baselines = {r["model"]: r for r in rows if r["bits"] >= 16}
+    table, notes = [], []
+    for r in rows:
+        base = baselines.get(r["model"])
+        percent = r["metric"] == "top1_accuracy"
+        delta = None if base is None or r is base else r["value"] - base["value"]
+        table.append({
+            "configuration": f"{r['model']} {r['tag']}",
+            r["metric"].replace("_", " "): f"{r['value']:.2f} ± {r['stderr']:.2f}" + (" %" if percent else ""),
+            "Δ vs full precision": "baseline" if r is base else _fmt(delta, 2, " pts" if percent else ""),
+            "agreement / KL": (_fmt(r.get("agreement"), 2, " %") if percent else _fmt(r.get("kl_mean"), 4, " nats")),
+            "size": f"{r['size_bytes'] / 1e6:,.2f} MB",
+            "bits/weight": f"{r['bits_per_weight']:.2f}",
+            "latency p50": _fmt(r.get("latency_ms_p50"), 2, " ms"),
+            "throughput": _fmt(r.get("throughput"), 1, f" {r.get('throughput_unit', '')}"),
+            "peak MLX memory": "—" if r.get("peak_memory_bytes") is None else f"{r['peak_memory_bytes'] / 1e6:,.0f} MB",
+            "n": r["n"],
+            "source": "cache" if r.get("cached") else f"computed in {r.get('eval_seconds', 0):.1f} s",
+        })
+        if r.get("layers_kept"):
+            notes.append(f"{r['model']} {r['tag']}: kept in full precision: " +
+                         ", ".join(f"{k} ({v})" for k, v in r["layers_kept"].items()))
+        if r.get("layers_padded"):
+            notes.append(f"{r['model']} {r['tag']}: {len(r['layers_padded'])} convolutions zero-padded to the group "
+                         "size (counted in the size)")
+        if r.get("layer_bits"):
+            widths = sorted(set(r["layer_bits"].values()))
+            notes.append(f"{r['model']} {r['tag']}: mixed precision, " + ", ".join(
+                f"{sum(v == b for v in r['layer_bits'].values())} layers at {b} bits" for b in widths))
+    protocols = sorted({r["protocol"] for r in rows})
+    notes += [f"Protocol: {p}" for p in protocols]
+    notes += sorted({f"Speed: {r['bench_protocol']} ({r['backend']}, {r.get('environment', {}).get('device', '')})"
+                     for r in rows if r.get("bench_protocol")})
+    if any(r["bits"] >= 16 for r in rows):
+        notes.append(f"Full precision means: {next(r for r in rows if r['bits'] >= 16)['baseline']}.")
+    return table, notes
+
+
+def result_text(r) -> str:
+    """One EvalResult as the CLI prints it."""
+    unit = "%" if r.metric == "top1_accuracy" else ""
+    lines = [f"{r.model} {r.tag} ({r.method}, {r.backend}): {r.metric} = {r.value:.4f}{unit} ± {r.stderr:.4f} (n={r.n})",
+             f"  protocol: {r.protocol}",
+             f"  size: {r.size_bytes / 1e6:.2f} MB, {r.bits_per_weight:.3f} bits/weight"]
+    if r.reference_value is not None:
+        lines.append(f"  full precision on the same data: {r.reference_value:.4f}{unit}")
+    if r.agreement is not None:
+        lines.append(f"  top-1 agreement with full precision: {r.agreement:.2f} %")
+    if r.kl_mean is not None:
+        lines.append(f"  KL(full || quantized): {r.kl_mean:.5f} ± {r.kl_stderr:.5f} nats/token")
+    if r.latency_ms_p50 is not None:
+        lines.append(f"  latency p50 {r.latency_ms_p50:.2f} ms, p90 {r.latency_ms_p90:.2f} ms; "
+                     f"{r.throughput:.1f} {r.throughput_unit}; peak MLX memory {r.peak_memory_bytes / 1e6:.1f} MB")
+    if r.layers_kept:
+        lines.append(f"  kept in full precision: {r.layers_kept}")
+    if r.layers_padded:
+        lines.append(f"  padded to the group size: {r.layers_padded}")
+    if r.layer_bits:
+        counts = {b: sum(1 for v in r.layer_bits.values() if v == b) for b in sorted(set(r.layer_bits.values()))}
+        lines.append("  mixed precision, layers per width: " + ", ".join(f"{n} at {b} bits" for b, n in counts.items()))
+    lines.append(f"  {'from cache' if r.cached else f'computed in {r.eval_seconds:.1f} s'}")
+    return "\n".join(lines)
+
+
+def sensitivity_text(model: str, rows: list[dict], allocation=None) -> str:
+    """The per-layer table (KL and agreement at each width) as the CLI prints it; with a
+    core.quant.mixed.Allocation, each layer's chosen width and the allocation's totals."""
+    widths = sorted({r["bits"] for r in rows})
+    by_layer: dict[str, dict] = {}
+    for r in rows:
+        by_layer.setdefault(r["layer"], {})[r["bits"]] = r
+    lines = [f"{model}: each layer quantized alone, group {rows[0]['group_size']}\n  protocol: {rows[0]['protocol']}",
+             f"{'layer':36} {'weights':>9} " + " ".join(f"{f'KL@{b}':>9}" for b in widths) + "  "
+             + " ".join(f"{f'agree@{b}':>8}" for b in widths) + ("  chosen" if allocation else "")]
+    for layer, cells in by_layer.items():
+        lines.append(f"{layer:36} {next(iter(cells.values()))['weights']:>9} "
+                     + " ".join(f"{cells[b]['kl']:>9.2e}" for b in widths) + "  "
+                     + " ".join(f"{cells[b]['agreement']:>8.2f}" for b in widths)
+                     + (f"  {allocation.bits[layer]}" if allocation else ""))
+    if allocation:
+        lines.append(f"allocation for {allocation.target_bpw:g} bits/weight: predicted {allocation.predicted_bpw:.3f} "
+                     f"bits/weight, summed KL {allocation.summed_kl:.4g}")
+    return "\n".join(lines)
+
+
+def allocation_text(allocation) -> str:
+    """A core.quant.mixed.Allocation in one sentence, as the Sensitivity page captions its chart."""
+    return (f"Ringed: the mixed-precision choice for {allocation.target_bpw:g} bits/weight — predicted "
+            f"{allocation.predicted_bpw:.3f} bits/weight (every stored bit counted, as the quantized model holds it), "
+            f"summed KL {allocation.summed_kl:.4g}; layers per width: "
+            + ", ".join(f"{b}-bit: {n}" for b, n in allocation.layers_per_width.items()) + ".")

