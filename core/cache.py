@@ -67,16 +67,15 @@ class ResultCache:
 
 
 class Memo:
-    """A process-wide table of values that are slow to compute and do not change while the process runs
-    (a model's tokenized test text, a model's fingerprint). Every such table in the lab is a Memo, named for what
-    it holds; `Memo.clear_all()` empties them together."""
-
-    _tables: list["Memo"] = []
+    """A process-wide table, keyed by a model's name, of values that are slow to compute and do not change while
+    the process runs (a model's tokenized test text, its fingerprint); named for what it holds."""
 
     def __init__(self, holds: str):
         self.holds = holds
         self._values: dict = {}
-        Memo._tables.append(self)
+
+    def __repr__(self) -> str:
+        return f"Memo({self.holds!r}, {len(self._values)} entries)"
 
     def get(self, key, compute):
         """The value for `key`, computed by `compute()` the first time it is asked for."""
@@ -86,8 +85,3 @@ class Memo:
 
     def put(self, key, value) -> None:
         self._values[key] = value
-
-    @classmethod
-    def clear_all(cls) -> None:
-        for table in cls._tables:
-            table._values.clear()

@@ -1,11 +1,11 @@
 """One function per `python -m core` command: turn the parsed flags into a config, call the core function that
-does the work, print what it returns. Heavy modules are imported inside each command, so `--help` and a bad
-flag answer at once."""
+does the work, print what it returns. Modules a command alone needs are imported inside it."""
 from __future__ import annotations
 
 import json
 import sys
 import time
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
@@ -32,7 +32,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from core.eval.config import EvalConfig
+    from core.eval.config import EvalConfig, EvalResult
     from core.eval.pipeline import run_eval
     from core.report.results import write_csv
     from core.report.summaries import result_text
@@ -46,7 +46,7 @@ def cmd_sweep(args) -> int:
         print(result_text(result))
         rows.append(result.public())
     out = Path(args.out or f"cache/sweeps/{args.model.replace('/', '_')}-{datetime.now():%Y%m%d-%H%M%S}.csv")
-    print(f"wrote {write_csv(rows, out)}")
+    print(f"wrote {write_csv(rows, out, [f.name for f in fields(EvalResult) if f.name != 'predictions'])}")
     return 0
 
 

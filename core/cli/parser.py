@@ -36,7 +36,9 @@ def _run_commands(sub) -> None:
     p = sub.add_parser("export", help="quantize one configuration and write it to a folder (mlx-lm folder for "
                        "language models, safetensors + quantization.json for ResNets)")
     add_config_flags(p, QuantConfig, skip=("act_bits",),
-                     bits=dict(type=int, required=True, help="2, 3, 4, 5, 6, 8 (16: full precision)"))
+                     bits=dict(type=int, required=True, help="2, 3, 4, 5, 6, 8 (16: full precision)"),
+                     seed=dict(help="seed of the calibration subset"),
+                     ctx=dict(help="LM calibration chunk length in tokens"))
     p.add_argument("--out", required=True, help="folder to write (created; an earlier export there is replaced)")
     p.add_argument("--force", action="store_true", help="replace a non-empty folder export did not create")
     p.set_defaults(func=commands.cmd_export)

@@ -29,14 +29,13 @@ class EvalConfig(QuantConfig):
     bench_decode: int = option(32, "LM benchmark decode steps", parse=positive_int)
 
     def validated(self) -> "EvalConfig":
-        cfg = super().validated()
         if self.eval_path not in EVAL_PATHS:
             raise LabError(f"--eval-path must be one of {', '.join(EVAL_PATHS)}.")
         if self.limit is not None and self.limit <= 0:
             raise LabError(f"--limit must be a positive number, not {self.limit}.")
         if self.bos not in BOS_POLICIES:
             raise LabError(f"--bos must be one of {', '.join(BOS_POLICIES)}.")
-        return cfg
+        return super().validated()
 
 
 @dataclass

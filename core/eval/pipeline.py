@@ -27,7 +27,7 @@ def run_eval(config: EvalConfig, use_cache: bool = True, progress: quality.Progr
         return replace(EvalResult.from_dict(body), cached=True)
     started = time.perf_counter()
     step = progress or (lambda fraction, message: None)
-    q = quantize(cfg, progress=lambda f, m: step(0.1 * f, m))
+    q = quantize(cfg, progress=lambda f, m: step(0.1 * f, m), loading_share=0.5)
     info, model, tokenizer, report = q.info, q.model, q.tokenizer, q.report
     row = dict(size_bytes=size_bytes(model), bits_per_weight=bits_per_weight(model),
                layers_quantized=len(report.quantized), layers_kept=report.kept, layers_padded=report.padded,

@@ -21,7 +21,7 @@ class ModelInfo:
     baseline: str  # what "full precision" means for this model; shown wherever the baseline is
 
 
-OWN_RESNET = "resnet20-mlxq"  # trained by this project (core/train.py); its weights ship in the repository
+OWN_RESNET = "resnet20-mlxq"  # trained by this project (core/models/train.py); its weights ship in the repository
 OWN_RESNET_DIR = REPO_ROOT / "models" / OWN_RESNET
 VISION_MODELS = {
     **{name: ModelInfo(name, "vision", f"ResNet-{name[6:]} (CIFAR-10, pretrained, akamaster)", "float32 weights")
@@ -87,7 +87,7 @@ def lm_path(info: ModelInfo) -> str:
 
 
 def load_lm(info: ModelInfo):
-    """(model, tokenizer) through mlx-lm, as the checkpoint stores them (core.quant.recipe.load_float makes
+    """(model, tokenizer) through mlx-lm, as the checkpoint stores them (core.quant.baseline.load_baseline makes
     full precision of a quantized one)."""
     from mlx_lm import load
 

@@ -82,7 +82,7 @@ def load_pytorch_safetensors(model: CifarResNet, path: Path) -> CifarResNet:
 
 
 def load_mlx_safetensors(model: CifarResNet, path: Path) -> CifarResNet:
-    """Load weights saved by MLX itself (core/train.py): OHWI kernels, MLX parameter names."""
+    """Load weights saved by MLX itself (core/models/train.py): OHWI kernels, MLX parameter names."""
     try:
         model.load_weights(str(path), strict=True)
     except Exception as cause:

@@ -41,7 +41,7 @@ class _RangeCatcher(nn.Module):
 
 def quantize_activations(model: nn.Module, paths: list[str], images: mx.array, bits: int = 8,
                          batch: int = 256) -> dict[str, tuple]:
-    """Calibrate the input range of the layers at `paths` (core.quantize.weight_layer_paths of the float model)
+    """Calibrate the input range of the layers at `paths` (core.quant.layers.weight_layer_paths of the float model)
     on `images`, then wrap them; returns {path: (low, high)}."""
     catchers = {p: _RangeCatcher(module_at(model, p)) for p in paths}
     for p, c in catchers.items():

@@ -79,7 +79,7 @@ class QuantConfig:
             return f"mixed{self.target_bpw:g}-g{self.group_size}{activations}"
         return self.spec.tag + ("" if self.method in ("rtn", "none") else f"-{self.method}") + activations
 
-    def calibration(self) -> calibration.Calibration:
+    def as_calibration(self) -> calibration.Calibration:
         return calibration.Calibration(self.calib or 0, self.ctx, self.seed, self.target_bpw)
 
     def baseline(self):

@@ -124,7 +124,7 @@ def gptq_resnet(model: nn.Module, spec: QuantSpec, keep: set[str], images: mx.ar
         shift = (flat - quantized) @ catcher.mean_row()  # E[y_float - y_quantized] per output channel
         if isinstance(layer, nn.Conv2d):
             layer.weight = quantized[:, :k].reshape(layer.weight.shape)
-            bn = module_at(model, path[: -len("conv1")] + "bn" + path[-1])  # convN -> bnN, as in core.resnet
+            bn = module_at(model, path[: -len("conv1")] + "bn" + path[-1])  # convN -> bnN, as in core.models.resnet
             bn.running_mean = bn.running_mean - shift
         else:
             layer.weight = quantized

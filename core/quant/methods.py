@@ -8,7 +8,7 @@ import mlx.nn as nn
 
 from core.errors import LabError
 from core.quant.awq import awq_lm
-from core.quant.calibration import Calibration, calibration_images, calibration_tokens
+from core.quant.calibration import Calibration, calibration_inputs, calibration_tokens
 from core.quant.gptq import gptq_lm, gptq_resnet
 from core.quant.layers import QuantReport, quantize_model
 from core.quant.mixed import quantize_mixed
@@ -46,10 +46,8 @@ def apply_method(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, method
     if method == "rtn" or spec.full_precision:
         return quantize_model(model, spec, keep)
     if method == "gptq":
-        if kind == "vision":
-            packed = gptq_resnet(model, spec, keep, calibration_images(calibration.size, calibration.seed), step)
-        else:
-            packed = gptq_lm(model, spec, keep, calibration_tokens(tokenizer, calibration.size, calibration.ctx), step)
+        gptq = gptq_resnet if kind == "vision" else gptq_lm
+        packed = gptq(model, spec, keep, calibration_inputs(kind, tokenizer, calibration), step)
         return quantize_model(model, spec, keep, packed=packed)
     if method == "awq":
         awq_lm(model, spec, calibration_tokens(tokenizer, calibration.size, calibration.ctx), step)

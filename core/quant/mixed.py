@@ -55,7 +55,7 @@ def _totals(rows: list[dict]) -> tuple[float, float]:
 
 
 def predicted_bpw(rows: list[dict], allocation: dict[str, int], group_size: int | None = None) -> float:
-    """Bits per weight of the model quantized with `allocation`, as core.quantize.bits_per_weight counts them."""
+    """Bits per weight of the model quantized with `allocation`, as core.quant.layers.bits_per_weight counts them."""
     options = _options(rows, group_size)
     weights, fixed = _totals(rows)
     chosen = {p: next((c for b, c, _ in opts if b == allocation[p]), None) for p, opts in options.items()}

@@ -36,18 +36,18 @@ def keep_set(model: nn.Module, config: QuantConfig) -> set[str]:
     return {path for path, keep in wanted if keep}
 
 
-def quantize(config: QuantConfig, progress=None) -> Quantized:
+def quantize(config: QuantConfig, progress=None, loading_share: float = 0.0) -> Quantized:
     """The quantized model `config` describes, fresh (never shared: quantization replaces layers in place).
-    progress(fraction, message) is optional."""
+    progress(fraction, message) is optional; loading the baseline takes `loading_share` of it, the method the rest."""
     cfg = config.validated()
     step = progress or (lambda fraction, message: None)
     info = resolve(cfg.model)
     step(0.0, f"loading {cfg.model}")
     model, tokenizer = load_baseline(info, cfg.dtype)
     layers = weight_layer_paths(model)  # of the float model: the paths activations are calibrated at
-    step(0.5, f"quantizing ({cfg.tag})")
+    step(loading_share, f"quantizing ({cfg.tag})")
     report = apply_method(model, tokenizer, info.kind, cfg.spec, cfg.method, keep_set(model, cfg),
-                          cfg.calibration(), progress=lambda f, m: step(0.5 + 0.5 * f, m))
+                          cfg.as_calibration(), progress=lambda f, m: step(loading_share + (1 - loading_share) * f, m))
     if cfg.act_bits:
         quantize_activations(model, layers, calibration_images(cfg.calib, cfg.seed), cfg.act_bits)
     model.eval()

@@ -25,8 +25,9 @@ def load_rows(directory: Path) -> list[dict]:
     return sorted(rows, key=lambda r: r.get("created", ""), reverse=True)
 
 
-def write_csv(rows: list[dict], out: Path) -> Path:
-    columns = list(LEAD_COLUMNS) + sorted({k for r in rows for k in r} - set(LEAD_COLUMNS))
+def write_csv(rows: list[dict], out: Path, columns: list[str] | None = None) -> Path:
+    """The rows as CSV: `columns` in that order, or the lead columns then every other field sorted."""
+    columns = columns or list(LEAD_COLUMNS) + sorted({k for r in rows for k in r} - set(LEAD_COLUMNS))
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)

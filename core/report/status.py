@@ -11,7 +11,6 @@ import psutil
 from core import data, runtime, settings
 from core.errors import LabError
 from core.models import registry
-from core.models.gguf import converted_model_ready
 
 
 def _model_status(info: registry.ModelInfo) -> str:
@@ -21,6 +20,8 @@ def _model_status(info: registry.ModelInfo) -> str:
         if info.kind == "vision":
             registry.resnet_weights_path(info.name)
             return "ready (data mirror)"
+        from core.models.gguf import converted_model_ready  # tokenizers: only when a language model is listed
+
         return "ready (converted)" if converted_model_ready(settings.cache_root()) else "not prepared: run ./lab setup"
     except LabError as error:
         return f"missing: {error}"

@@ -1,4 +1,4 @@
-"""The CPU evaluation executor for ResNets (core/flatconv.py) gives the module forward's logits."""
+"""The CPU evaluation executor for ResNets (core/eval/flatconv.py) gives the module forward's logits."""
 import mlx.core as mx
 import numpy as np
 import pytest

@@ -31,7 +31,7 @@ def test_standard_error_formula():
 
 @needs_mirror
 def test_first_eight_chunks_match_the_reference_measurement(smollm2_dir):
-    """PLATFORM.md: 24.49 in MLX with the de-quantized weights in fp32 (llama.cpp itself: 24.61,
+    """../shared/docs/PLATFORM.md: 24.49 in MLX with the de-quantized weights in fp32 (llama.cpp itself: 24.61,
     its CPU kernels round activations to 8 bits). SmolLM2's tokenizer adds no BOS, so no chunk gets one."""
     model, tokenizer = load_baseline(resolve(SMOLLM2))
     tokens = evaluate.wikitext_tokens(SMOLLM2, tokenizer)

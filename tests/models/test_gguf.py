@@ -39,7 +39,7 @@ def wiki_test_text() -> str:
 
 
 def gguf_forward_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp convert_hf_to_gguf's q/k permutation (hf -> gguf), written independently of core.gguf."""
+    """llama.cpp convert_hf_to_gguf's q/k permutation (hf -> gguf), written independently of core.models.gguf."""
     n_out, n_in = w.shape
     return w.reshape(n_head, 2, n_out // n_head // 2, n_in).swapaxes(1, 2).reshape(n_out, n_in)
 
@@ -74,7 +74,7 @@ def test_rope_theta_is_top_level(smollm2_dir: Path, smollm2) -> None:
 
 def test_wikitext_token_count_matches_llama_cpp(smollm2, wiki_test_text: str) -> None:
     ids = smollm2[1].encode(wiki_test_text, add_special_tokens=False)
-    assert len(ids) == 303_415  # llama.cpp on the same GGUF (PLATFORM.md section 5)
+    assert len(ids) == 303_415  # llama.cpp on the same GGUF (../shared/docs/PLATFORM.md section 5)
 
 
 def test_smollm_pretokenizer_splits_every_numeric_char(smollm2) -> None:

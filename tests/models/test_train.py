@@ -1,4 +1,4 @@
-"""Training from scratch (core/train.py) and the model it produced, resnet20-mlxq."""
+"""Training from scratch (core/models/train.py) and the model it produced, resnet20-mlxq."""
 import json
 
 import numpy as np
