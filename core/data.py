@@ -87,14 +87,14 @@ def stratified_indices(labels: np.ndarray, limit: int | None, seed: int = 0) -> 
 def load_wikitext2_test() -> str:
     """The raw WikiText-2 test split, as the byte-exact wiki.test.raw (hub rows keep their newlines)."""
     return _mirror_or_hub("WikiText-2 test", "data/wikitext-2-raw/wiki.test.raw", "/".join(WIKITEXT_HUB),
-                          lambda p: p.read_text(encoding="utf-8"),
+                          lambda p: p.read_text(encoding="utf-8-sig"),
                           lambda: "".join(_hub_split(*WIKITEXT_HUB, "test")["text"]))
 
 
 def load_wikitext2_calibration() -> str:
     """Calibration text (the v1 validation split): never the test set."""
     return _mirror_or_hub("WikiText-2 validation", "data/wikitext-2/wiki.valid.tokens",
-                          "Salesforce/wikitext/wikitext-2-v1", lambda p: p.read_text(encoding="utf-8"),
+                          "Salesforce/wikitext/wikitext-2-v1", lambda p: p.read_text(encoding="utf-8-sig"),
                           lambda: "".join(_hub_split("Salesforce/wikitext", "wikitext-2-v1", "validation")["text"]))
 
 

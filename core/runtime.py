@@ -10,6 +10,9 @@ from importlib import metadata
 
 import mlx.core as mx
 
+from core import settings
+from core.errors import LabError
+
 OPENBLAS_PRELOAD = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
 
 
@@ -22,6 +25,21 @@ def backend() -> str:
     if hasattr(mx, "cuda") and mx.cuda.is_available():
         return "cuda"
     return "gpu"
+
+
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+def default_dtype() -> str:
+    """The compute dtype deployed models run in here, chosen once: MLXQ_DTYPE if set, else float32 on a CPU
+    (half precision there is converted on every op, and slower) and bfloat16 on Metal and CUDA (what people
+    deploy there; mlx-lm keeps a checkpoint's half precision)."""
+    chosen = settings.dtype()
+    if chosen is None:
+        return "float32" if backend() == "cpu" else "bfloat16"
+    if chosen not in DTYPES:
+        raise LabError(f"{settings.DTYPE}={chosen!r}: choose one of {', '.join(DTYPES)}.")
+    return chosen
 
 
 def openblas_active() -> bool | None:

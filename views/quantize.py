@@ -2,6 +2,7 @@
 import pandas as pd
 import streamlit as st
 
+from core import runtime
 from core.errors import LabError
 from core.eval.config import EvalConfig
 from core.eval.pipeline import run_eval
@@ -56,15 +57,24 @@ if method == "mixed":
 keep_first = right.checkbox("Keep the first layer in full precision", key="q_keep_first")
 keep_last = right.checkbox("Keep the output layer in full precision", key="q_keep_last")
 bench = right.checkbox("Benchmark speed and memory", value=True, key="q_bench")
+try:
+    backend_dtype = runtime.default_dtype()
+except LabError as e:  # a bad MLXQ_DTYPE
+    error(e)
+    st.stop()
+dtype = right.selectbox("Compute dtype", list(runtime.DTYPES), index=list(runtime.DTYPES).index(backend_dtype),
+                        key="q_dtype", help=f"what the deployed model computes in ({backend_dtype} is this "
+                        f"backend's default): size, speed and memory are measured in it; quality is always computed "
+                        "in float32 on the same quantized weights")
 
 if st.button("Run", type="primary", key="q_run"):
     try:
         if mode == "affine" and not bits:
             raise LabError("Pick at least one bit width to compare with full precision.")
-        base = EvalConfig(name, limit=int(limit) or None, bench=bench)
+        base = EvalConfig(name, limit=int(limit) or None, bench=bench, dtype=dtype)
         configs = [base] + [EvalConfig(name, bits=b or 4, group_size=group, mode=mode, method=method, calib=calib,
                                        target_bpw=target_bpw, limit=int(limit) or None, keep_first=keep_first,
-                                       keep_last=keep_last, bench=bench)
+                                       keep_last=keep_last, bench=bench, dtype=dtype)
                             for b in (bits or [])]
         configs = [c.validated() for c in configs]  # every mistake is reported before any work starts
     except LabError as e:

@@ -9,7 +9,7 @@ from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
-from core import settings
+from core import runtime, settings
 from core.cli.flags import config_from_args
 from core.errors import LabError
 
@@ -108,9 +108,10 @@ def cmd_serve(args) -> int:
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else default_models()
     api = ServeSettings(models=models, api_key=args.api_key or settings.api_key(),
-                        memory_budget_bytes=int(args.memory_budget_mb * 1024**2))
+                        memory_budget_bytes=int(args.memory_budget_mb * 1024**2), dtype=args.dtype)
     where = f"http://{args.host}:{args.port}"
-    print(f"serving {', '.join(models)} on {where} (OpenAI-compatible: {where}/v1)"
+    print(f"serving {', '.join(models)} in {args.dtype or runtime.default_dtype()} on {where} "
+          f"(OpenAI-compatible: {where}/v1)"
           + ("; API key required" if api.api_key else ""), file=sys.stderr)
     serve(api, args.host, args.port)
     return 0
@@ -151,7 +152,7 @@ def cmd_export(args) -> int:
              f"  {form}",
              f"  size: {result.size_bytes / 1e6:.2f} MB of arrays, {result.bits_per_weight:.3f} bits/weight; "
              f"{result.file_bytes / 1e6:.2f} MB on disk",
-             f"  {result.report.summary()}; full-precision layers in {args.dtype}"]
+             f"  {result.report.summary()}; computes in {result.dtype}"]
     print("\n".join(lines), file=sys.stderr)
     print(result.path)
     return 0

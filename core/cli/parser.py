@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core import runtime
 from core.cli import commands
 from core.cli.flags import add_config_flags
 from core.options import bits_list, positive_int
@@ -85,6 +86,8 @@ def _serving_commands(sub) -> None:
     p.add_argument("--port", type=positive_int, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set MLXQ_API_KEY)")
     p.add_argument("--memory-budget-mb", type=float, default=2048, help="evict least-recently-used models beyond this")
+    p.add_argument("--dtype", choices=list(runtime.DTYPES), default=None,
+                   help="compute dtype of the served models (default: float32 on a CPU, bfloat16 on Metal and CUDA)")
     p.set_defaults(func=commands.cmd_serve)
     p = sub.add_parser("loadtest", help="bounded load test of a running server on this machine")
     p.add_argument("--url", default="http://127.0.0.1:8000")

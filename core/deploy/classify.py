@@ -13,6 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from core.data import CIFAR10_CLASSES
 from core.errors import LabError
 from core.models import resnet
+from core.quant.precision import activation_dtype
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_MEGAPIXELS = 40
@@ -74,7 +75,7 @@ class Classification:
 
 def classify(model, image32: np.ndarray) -> Classification:
     """Probabilities of every class for one 32x32 image, most probable first, and the latency of the call."""
-    x = resnet.preprocess(image32[None])
+    x = resnet.preprocess(image32[None]).astype(activation_dtype(model))
     mx.eval(model(x))  # warm-up: the first call of a fresh model sets up its kernels
     start = time.perf_counter()
     probs = mx.softmax(model(x).astype(mx.float32), axis=-1)

@@ -5,7 +5,8 @@
 - ResNets become `model.safetensors` (every array: packed weights, scales, biases, BatchNorm statistics) plus
   `quantization.json` (architecture, per-layer quantization, method and config); core.deploy.exported.load_exported rebuilds the
   model from those two files alone.
-Full-precision layers are saved as they are held in memory: in the run's compute dtype (float32 by default).
+Every float array is saved in the config's compute dtype (core.runtime.default_dtype: float32 on a CPU, bfloat16 on
+Metal and CUDA), with affine scales in the matching 16-bit type, so the loading tool computes in that dtype too.
 The folder is built next to its destination and renamed into place, so an interrupted export leaves nothing."""
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from core.models import registry
 from core.models.gguf import MARKER as GGUF_MARKER
 from core.quant.config import QuantConfig
 from core.quant.conv import QuantizedConv2d
-from core.quant.layers import ExactQuantizedEmbedding, QuantReport, bits_per_weight, size_bytes
+from core.quant.layers import ExactQuantizedEmbedding, QuantReport, bits_per_weight, size_bytes, swap
 from core.quant.recipe import Quantized, quantize
 from core.settings import REPO_ROOT
 
@@ -51,6 +52,7 @@ class ExportResult:
     file_bytes: int  # the folder on disk (adds the safetensors header, config and tokenizer files)
     bits_per_weight: float
     report: QuantReport
+    dtype: str  # the compute dtype its float arrays are stored in
 
 
 def export_model(config: QuantConfig, out: Path, force: bool = False, progress=None) -> ExportResult:
@@ -76,6 +78,7 @@ def write_export(q: Quantized, out: Path, force: bool = False) -> ExportResult:
 
 def _finish(q: Quantized, staging: Path, out: Path) -> ExportResult:
     """Write everything into `staging`, then rename it to `out`."""
+    q.deploy()  # the compute dtype the folder's users will run
     meta = _metadata(q)
     try:
         if q.info.kind == "vision":
@@ -86,7 +89,7 @@ def _finish(q: Quantized, staging: Path, out: Path) -> ExportResult:
     except OSError as cause:
         raise LabError(f"Could not write the export to {out}: {cause}") from cause
     return ExportResult(out, q.info.kind, q.config.tag, meta["size_bytes"], _folder_bytes(out),
-                        meta["bits_per_weight"], q.report)
+                        meta["bits_per_weight"], q.report, q.config.dtype)
 
 
 # ---- the destination ---------------------------------------------------------------------------------------------
@@ -160,7 +163,7 @@ def _metadata(q: Quantized) -> dict:
     return {
         "format": FORMAT, "version": VERSION, "kind": q.info.kind, "model": q.config.model, "tag": q.config.tag,
         "method": q.config.method, "config": {k: cfg[k] for k in CONFIG_FIELDS},
-        "full_precision_dtype": q.config.dtype,
+        "compute_dtype": q.config.dtype, "scale_dtype": q.config.spec.scale_dtype,
         "size_bytes": size_bytes(q.model), "bits_per_weight": bits_per_weight(q.model),
         "layers": {p: _layer_entry(m, q.report.kept.get(p)) for p, m in weight_layers(q.model).items()},
         "mlx": mx.__version__, "mlx_lm": runtime.describe()["mlx_lm"],
@@ -195,6 +198,20 @@ def lm_quantization(layers: dict[str, nn.Module]) -> dict | None:
     return quantization
 
 
+@contextmanager
+def _plain_embeddings(model: nn.Module):
+    """MLX's own QuantizedEmbedding in place of the lab's exact one while the model is written: same arrays,
+    keys that mlx-lm's loader expects."""
+    exact = {p: m for p, m in weight_layers(model).items() if isinstance(m, ExactQuantizedEmbedding)}
+    for path, m in exact.items():
+        swap(model, path, m.plain())
+    try:
+        yield model
+    finally:
+        for path, m in exact.items():
+            swap(model, path, m)
+
+
 def _source_folder(info: registry.ModelInfo) -> Path:
     source = registry.lm_path(info)
     if Path(source).is_dir():
@@ -218,8 +235,9 @@ def _write_lm(q: Quantized, meta: dict, folder: Path) -> None:
     quantization = lm_quantization(weight_layers(q.model))
     if quantization is not None:
         config["quantization"] = quantization
-    config["torch_dtype"] = q.config.dtype  # the dtype of the full-precision arrays written
-    save_model(folder, q.model)  # mlx-lm's own writer: model.safetensors (+ index), format "mlx"
+    config["torch_dtype"] = q.config.dtype  # the dtype of every float array written: what mlx-lm computes in
+    with _plain_embeddings(q.model):
+        save_model(folder, q.model)  # mlx-lm's own writer: model.safetensors (+ index), format "mlx"
     save_config(config, folder / "config.json")  # mlx-lm's: sorted, quantization mirrored to quantization_config
     (folder / LM_META).write_text(json.dumps(meta, indent=2))
 

@@ -31,10 +31,14 @@ class Deployed:
     report: QuantReport
     size_bytes: int
     bits_per_weight: float
+    dtype: str  # what it computes in
 
 
-def load_deployed(info: registry.ModelInfo, spec: QuantSpec) -> Deployed:
-    """A fresh model quantized to `spec` by round-to-nearest (never a shared one: quantization is in place)."""
+def load_deployed(info: registry.ModelInfo, spec: QuantSpec, dtype: str | None = None) -> Deployed:
+    """A fresh model quantized to `spec` by round-to-nearest (never a shared one: quantization is in place),
+    computing in `dtype` (default: this backend's, core.runtime.default_dtype)."""
     q = quantize(QuantConfig(info.name, bits=spec.bits, group_size=spec.group_size, mode=spec.mode,
-                             quantizer=spec.quantizer))
-    return Deployed(info, spec, q.model, q.tokenizer, q.report, size_bytes(q.model), bits_per_weight(q.model))
+                             quantizer=spec.quantizer, dtype=dtype))
+    model = q.deploy()
+    return Deployed(info, spec, model, q.tokenizer, q.report, size_bytes(model), bits_per_weight(model),
+                    q.config.dtype)

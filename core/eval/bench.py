@@ -144,7 +144,8 @@ def _bandwidth() -> float | None:
 
 
 def full_eval_speed(names=tuple(resnet.DEPTHS), bits=(16, 8, 6, 5, 4, 3), lm_bits=(16, 8, 4)) -> list[BenchRow]:
-    """Wall time of a full test-set evaluation with the deployed (quantized-kernel) model, load excluded:
+    """Wall time of a full test-set evaluation with the deployed (quantized-kernel) model in the backend's
+    compute dtype, load excluded:
     every ResNet on the 10,000 CIFAR-10 test images, SmolLM2 perplexity on all 592 WikiText-2 chunks."""
     images, labels = data.load_cifar10("test")
     x = resnet.preprocess(images)
@@ -152,11 +153,12 @@ def full_eval_speed(names=tuple(resnet.DEPTHS), bits=(16, 8, 6, 5, 4, 3), lm_bit
     for name in names:
         for b in bits:
             spec = QuantSpec(b).validated()
-            model = load_deployed(resolve(name), spec).model
+            d = load_deployed(resolve(name), spec)
+            model = d.model
             t, logits = _best_of(lambda: quality.classify_batches(model, x, batch_size=2500), 2,
-                                 warmup=lambda: mx.eval(model(x[:2500])))
+                                 warmup=lambda: quality.classify_batches(model, x[:2500], batch_size=2500))
             acc = quality.accuracy(logits, labels)
-            rows.append(BenchRow("full-eval", f"{name} {spec.tag}", f"CIFAR-10 test, {len(x):,} images", t, "s",
+            rows.append(BenchRow("full-eval", f"{name} {spec.tag}, {d.dtype}", f"CIFAR-10 test, {len(x):,} images", t, "s",
                                  f"{len(x) / t:,.0f} images/s; top-1 {100 * acc.top1:.2f} %"))
     info = resolve("smollm2-135m-instruct")
     for b in lm_bits:
@@ -167,45 +169,64 @@ def full_eval_speed(names=tuple(resnet.DEPTHS), bits=(16, 8, 6, 5, 4, 3), lm_bit
         windows = quality.chunk_windows(tokens, 512, None)
         t, result = _best_of(lambda: quality.perplexity(model, windows, batch_size=16), 1,
                              warmup=lambda: quality.perplexity(model, windows[:16], batch_size=16))
-        rows.append(BenchRow("full-eval", f"smollm2 {spec.tag}", "WikiText-2 test, 592 chunks", t, "s",
+        rows.append(BenchRow("full-eval", f"smollm2 {spec.tag}, {d.dtype}", "WikiText-2 test, 592 chunks", t, "s",
                              f"{windows.size / t:,.0f} tokens/s; PPL {result.ppl:.3f} ± {result.stderr:.3f}"))
     return rows
 
 
-def decode_ceiling(tags=("fp", "q8", "q4g64"), dtypes=("float32", "bfloat16"), new_tokens: int = 128,
-                   trials: int = 3) -> list[BenchRow]:
-    """Decode tokens/s of plain mlx-lm (its stream_generate), of the project's generation path
-    (generate.stream_chat, engine as `decode_engine` picks it) and of the opt-in compiled decode step,
+def mlx_lm_quantized(tag: str, dtype: str):
+    """(model, tokenizer): SmolLM2's full-precision weights (the lab's baseline) cast to `dtype` and quantized by
+    mlx-lm's own route (nn.quantize, mx.quantize's grid, scales in the model's dtype), the peer's deployment."""
+    import mlx.nn as nn
+
+    spec = QuantSpec.from_tag(tag)
+    model, tokenizer = load_baseline(resolve("smollm2-135m-instruct"))
+    model.set_dtype(runtime.DTYPES[dtype])
+    if not spec.full_precision:
+        nn.quantize(model, group_size=spec.group_size, bits=spec.bits, mode=spec.mode)
+    mx.eval(model.parameters())
+    return model, tokenizer
+
+
+def decode_ceiling(tags=("fp", "q8", "q4g64"), dtypes=("float32", "bfloat16"), prompt_tokens: int = 512,
+                   new_tokens: int = 128, trials: int = 3) -> list[BenchRow]:
+    """Prefill and decode tokens/s per compute dtype: the lab's deployed model through its generation path
+    (generate.stream_chat, engine as `decode_engine` picks it) and through the opt-in compiled decode step,
+    against mlx-lm's stream_generate on mlx-lm's own quantization of the same weights in the same dtype;
     alternated, best of `trials`, next to the memory-bandwidth ceiling (bandwidth / bytes of weights)."""
     from mlx_lm.generate import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
     bandwidth = _bandwidth()
+    greedy = make_sampler(temp=0.0)
     rows = []
     for dtype in dtypes:
         for tag in tags:
-            d = load_deployed(*parse_model_id(f"smollm2-135m-instruct@{tag}"))
-            d.model.set_dtype(getattr(mx, dtype))  # activations (and scales) in this type; packed weights stay
-            size = size_bytes(d.model)
-            prompt = d.tokenizer.encode("The history of the sea is long and " * 20)[:128]
-            greedy = make_sampler(temp=0.0)
-            theirs, ours, compiled = [], [], []
+            d = load_deployed(*parse_model_id(f"smollm2-135m-instruct@{tag}"), dtype=dtype)
+            peer, _ = mlx_lm_quantized(tag, dtype)
+            prompt = d.tokenizer.encode("The history of the sea is long and " * 100)[:prompt_tokens]
+            runs = {"mlx-lm": [], "project": [], "compiled": []}
             for _ in range(trials + 1):  # the first round warms all up (kernel compilation, tracing)
-                *_, last = stream_generate(d.model, d.tokenizer, prompt, max_tokens=new_tokens, sampler=greedy)
-                theirs.append(last.generation_tps)
+                *_, last = stream_generate(peer, d.tokenizer, prompt, max_tokens=new_tokens, sampler=greedy)
+                runs["mlx-lm"].append((last.prompt_tps, last.generation_tps))
                 *_, chunk = generate.stream_chat(d.model, d.tokenizer, prompt, new_tokens, 0.0)
-                ours.append(chunk.tokens_per_s)
+                runs["project"].append((chunk.prompt_tokens_per_s, chunk.tokens_per_s))
                 *_, last = fastdecode.stream_generate(d.model, d.tokenizer, prompt, new_tokens, greedy)
-                compiled.append(last.generation_tps)
-            ceiling = f"ceiling {bandwidth / size:,.0f} tokens/s" if bandwidth else "ceiling unknown"
-            common = f"{size / 1e6:,.0f} MB of weights, {ceiling}; prompt 128, {new_tokens} greedy tokens, best of {trials}"
+                runs["compiled"].append((last.prompt_tps, last.generation_tps))
+            best = {k: (max(p for p, _ in v[1:]), max(g for _, g in v[1:])) for k, v in runs.items()}
+            ceiling = f"ceiling {bandwidth / d.size_bytes:,.0f} tokens/s" if bandwidth else "ceiling unknown"
+            common = (f"{d.size_bytes / 1e6:,.0f} MB of weights (mlx-lm's: {size_bytes(peer) / 1e6:,.0f} MB), "
+                      f"{ceiling}; prompt {len(prompt)}, {new_tokens} greedy tokens, best of {trials}")
             subject = f"smollm2 {tag}, {dtype}"
-            base = max(theirs[1:])
-            rows.append(BenchRow("decode-ceiling", subject, "mlx-lm stream_generate", base, "tokens/s", common))
-            for variant, tps in ((f"project ({generate.decode_engine(d.model)} engine)", max(ours[1:])),
-                                 ("compiled decode step (core.deploy.fastdecode, opt-in)", max(compiled[1:]))):
-                rows.append(BenchRow("decode-ceiling", subject, variant, tps, "tokens/s",
-                                     f"{common}; {tps / base:.2f}x mlx-lm"))
+            variants = (("mlx-lm stream_generate, mlx-lm's quantization", "mlx-lm"),
+                        (f"project ({generate.decode_engine(d.model)} engine)", "project"),
+                        ("compiled decode step (core.deploy.fastdecode, opt-in)", "compiled"))
+            for label, key in variants:
+                for phase, index in (("prefill", 0), ("decode", 1)):
+                    tps, base = best[key][index], best["mlx-lm"][index]
+                    ratio = "" if key == "mlx-lm" else f"; {tps / base:.2f}x mlx-lm"
+                    rows.append(BenchRow("decode-ceiling", subject, f"{label}: {phase}", tps, "tokens/s",
+                                         common + ratio))
     return rows
 
 

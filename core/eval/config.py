@@ -10,7 +10,7 @@ from core.errors import LabError
 from core.options import option, positive_int
 from core.quant.config import QuantConfig
 
-RESULTS_VERSION = 2  # bump when a change alters measured values, so old cache entries are not reused
+RESULTS_VERSION = 3  # bump when a change alters measured values, so old cache entries are not reused
 EVAL_PATHS = ("auto", "dequant", "kernel")
 BOS_POLICIES = ("auto", "always", "never")
 
@@ -78,6 +78,8 @@ class EvalResult:
     layers_padded: dict = field(default_factory=dict)
     layer_bits: dict = field(default_factory=dict)  # mixed precision: the width each layer got
     eval_path: str = ""
+    compute_dtype: str = ""  # what the deployed model computes in: size, latency, throughput and memory
+    quality_dtype: str = ""  # what the quality numbers were computed in (float32: the de-quantized weights)
     config: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
     eval_seconds: float = 0.0

@@ -1,4 +1,5 @@
-"""One evaluation run: quantize (core.quant.recipe), benchmark the deployed form, measure quality, cache the row."""
+"""One evaluation run: quantize (core.quant.recipe), benchmark the deployed form in its compute dtype, measure
+quality in float32, cache the row."""
 from __future__ import annotations
 
 import time
@@ -14,8 +15,9 @@ from core.eval.flatconv import FlatResNet
 from core.eval.speed import bench_classifier, bench_generation
 from core.models import resnet
 from core.models.registry import ModelInfo
-from core.quant.baseline import DTYPES, load_baseline
+from core.quant.baseline import load_baseline
 from core.quant.layers import bits_per_weight, dequantize_model, size_bytes
+from core.quant.precision import computing_in
 from core.quant.recipe import quantize
 
 
@@ -29,8 +31,9 @@ def run_eval(config: EvalConfig, use_cache: bool = True, progress: quality.Progr
     step = progress or (lambda fraction, message: None)
     q = quantize(cfg, progress=lambda f, m: step(0.1 * f, m), loading_share=0.5)
     info, model, tokenizer, report = q.info, q.model, q.tokenizer, q.report
-    row = dict(size_bytes=size_bytes(model), bits_per_weight=bits_per_weight(model),
-               layers_quantized=len(report.quantized), layers_kept=report.kept, layers_padded=report.padded,
+    with computing_in(model, cfg.dtype):  # the size as deployed
+        row = dict(size_bytes=size_bytes(model), bits_per_weight=bits_per_weight(model))
+    row.update(layers_quantized=len(report.quantized), layers_kept=report.kept, layers_padded=report.padded,
                layer_bits=report.layer_bits)
     eval_path = cfg.eval_path if cfg.eval_path != "auto" else ("dequant" if runtime.backend() == "cpu" else "kernel")
     if cfg.spec.full_precision:
@@ -49,11 +52,12 @@ def _common(cfg: EvalConfig, info: ModelInfo, eval_path: str, speed, row: dict) 
     speed_fields = {} if speed is None else dict(
         latency_ms_p50=speed.latency_ms_p50, latency_ms_p90=speed.latency_ms_p90, throughput=speed.throughput,
         throughput_unit=speed.throughput_unit, peak_memory_bytes=speed.peak_memory_bytes,
-        rss_bytes=speed.rss_bytes, bench_protocol=speed.protocol,
+        rss_bytes=speed.rss_bytes, bench_protocol=f"{speed.protocol}; computed in {cfg.dtype}",
         prefill_tokens_per_s=speed.extra.get("prefill_tokens_per_s"))
     return dict(model=cfg.model, method=cfg.method, bits=cfg.bits, group_size=cfg.group_size, mode=cfg.mode,
                 backend=runtime.backend(), tag=cfg.tag, kind=info.kind, baseline=info.baseline,
-                eval_path=eval_path, config=asdict(cfg), environment=runtime.describe(),
+                eval_path=eval_path, compute_dtype=cfg.dtype, quality_dtype="float32", config=asdict(cfg),
+                environment=runtime.describe(),
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **{"latency_ms_p50": None, "throughput": None, "peak_memory_bytes": None, **speed_fields}, **row)
 
@@ -65,7 +69,8 @@ def _eval_vision(cfg, info, model, eval_path, row, step, use_cache) -> EvalResul
     speed = None
     if cfg.bench:
         step(0.1, "benchmarking")
-        speed = bench_classifier(model, inputs[:250])
+        with computing_in(model, cfg.dtype):
+            speed = bench_classifier(model, inputs[:250])
     flat = None
     if eval_path in ("dequant", "float"):
         dequantize_model(model)
@@ -89,7 +94,7 @@ def _eval_vision(cfg, info, model, eval_path, row, step, use_cache) -> EvalResul
         stderr=100 * float(np.sqrt(p * (1 - p) / acc.n)), n=acc.n, ci95_low=100 * acc.ci95[0],
         ci95_high=100 * acc.ci95[1], top5=100 * acc.top5, agreement=agreement, reference_value=reference,
         protocol=(f"CIFAR-10 test, {acc.n} images" + ("" if cfg.limit is None or cfg.limit >= 10000 else
-                  f" (class-stratified subset, seed {cfg.seed})") + "; top-1 %, 95 % Wilson interval"
+                  f" (class-stratified subset, seed {cfg.seed})") + "; top-1 %, 95 % Wilson interval; computed in float32"
                   + (f"; activations simulated at {cfg.act_bits} bits, per-tensor ranges from {cfg.calib} CIFAR-10 "
                      "train images" if cfg.act_bits else "")),
         predictions=acc.predictions.tolist())
@@ -106,12 +111,13 @@ def _eval_lm(cfg, info, model, tokenizer, eval_path, row, step) -> EvalResult:
     if cfg.bench:
         step(0.1, "benchmarking generation")
         prompt = tokens[: cfg.bench_prefill]
-        speed = bench_generation(model, prompt, cfg.bench_decode)
+        with computing_in(model, cfg.dtype):
+            speed = bench_generation(model, prompt, cfg.bench_decode)
     if eval_path == "dequant":
-        dequantize_model(model, DTYPES[cfg.dtype])
+        dequantize_model(model)
     reference = None
     if not cfg.spec.full_precision:
-        reference, _ = load_baseline(info, cfg.dtype)
+        reference, _ = load_baseline(info)
     step(0.2, f"scoring {len(windows)} chunks")
     ppl = quality.perplexity(model, windows, reference, progress=lambda f, m: step(0.2 + 0.8 * f, m))
     subset = "" if len(chosen) == len(tokens) // cfg.ctx else f", {len(chosen)} of {len(tokens) // cfg.ctx} chunks evenly spread"
@@ -120,4 +126,4 @@ def _eval_lm(cfg, info, model, tokenizer, eval_path, row, step) -> EvalResult:
         n=ppl.n_tokens, kl_mean=ppl.kl_mean, kl_stderr=ppl.kl_stderr, reference_value=ppl.reference_ppl,
         protocol=f"WikiText-2 raw test ({len(tokens)} tokens{subset}); "
                  + quality.PPL_PROTOCOL.format(ctx=cfg.ctx, bos="BOS" if bos_id is not None else "no BOS")
-                 + "; PPL ± standard error; KL vs full precision")
+                 + "; PPL ± standard error; KL vs full precision; computed in float32")

@@ -13,6 +13,7 @@ from core import data, runtime
 from core.cache import Memo
 from core.eval.parallel import map_batches
 from core.models.lm import output_head
+from core.quant.precision import activation_dtype
 
 Progress = Callable[[float, str], None]  # fraction done, message; may raise to cancel
 
@@ -38,10 +39,11 @@ class Accuracy:
 
 def classify_batches(model: nn.Module, inputs: mx.array, batch_size: int = 500,
                      progress: Progress | None = None) -> np.ndarray:
-    """Logits for every input row, computed batch by batch."""
-    out = []
+    """Logits for every input row, computed batch by batch in the model's dtype."""
+    dtype, out = activation_dtype(model), []
     for start in range(0, inputs.shape[0], batch_size):
-        logits = model(inputs[start:start + batch_size])
+        batch = inputs[start:start + batch_size]
+        logits = model(batch if batch.dtype == dtype else batch.astype(dtype))
         mx.eval(logits)
         out.append(np.array(logits.astype(mx.float32)))
         if progress:

@@ -9,6 +9,8 @@ import mlx.nn as nn
 import numpy as np
 import psutil
 
+from core.quant.precision import activation_dtype
+
 
 @dataclass
 class SpeedReport:
@@ -39,7 +41,8 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def bench_classifier(model: nn.Module, sample: mx.array, batch: int = 250, trials: int = 10) -> SpeedReport:
-    """Latency of one image (batch 1) and throughput in images/s at `batch`."""
+    """Latency of one image (batch 1) and throughput in images/s at `batch`, inputs in the model's dtype."""
+    sample = sample.astype(activation_dtype(model))
     mx.reset_peak_memory()
     one = sample[:1]
     latency = timed(lambda: mx.eval(model(one)), warmup=3, trials=max(trials, 10))

@@ -1,13 +1,13 @@
 """The full-precision baseline of any model: the checkpoint as loaded, every quantized layer de-quantized, in
-the compute dtype. Every quantization starts from it, and every quality number is measured against it."""
+float32. Every quantization starts from it and every quality number is measured against it; the compute dtype
+a model is deployed in is applied afterwards (core.quant.precision)."""
 from __future__ import annotations
 
 import mlx.core as mx
 
 from core.models.registry import ModelInfo, load
 from core.quant.layers import dequantize_model
-
-DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+from core.runtime import DTYPES
 
 
 def load_baseline(info: ModelInfo, dtype: str = "float32"):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, replace
 
+from core import runtime
 from core.errors import LabError
 from core.models import registry
 from core.options import option, positive_int
 from core.quant import calibration
 from core.quant.actquant import ACT_BITS
-from core.quant.baseline import DTYPES
 from core.quant.methods import METHODS, check_method
 from core.quant.spec import QuantSpec
 
@@ -39,13 +39,19 @@ class QuantConfig:
     seed: int = option(0, "seed of the evaluation subset and of the calibration choice")
     keep_first: bool = option(False, "keep the first layer in full precision")
     keep_last: bool = option(False, "keep the output layer in full precision")
-    dtype: str = option("float32", "LM dtype (compute and full-precision layers): float32, bfloat16 or float16")
+    dtype: str | None = option(None, "compute dtype of the deployed model (activations, full-precision layers, "
+                               "scales): float32, bfloat16 or float16 (default: float32 on a CPU, bfloat16 on Metal "
+                               "and CUDA, or MLXQ_DTYPE)", parse=str)
     ctx: int = option(512, "LM chunk length in tokens (perplexity and calibration)", parse=positive_int)
 
     def validated(self):
         """The same config with every default filled in, or a LabError that says what is wrong."""
         info = registry.resolve(self.model)
-        spec = QuantSpec(self.bits, self.group_size, self.mode, self.quantizer).validated()
+        dtype = self.dtype or runtime.default_dtype()
+        if dtype not in runtime.DTYPES:
+            raise LabError(f"--dtype must be one of {', '.join(runtime.DTYPES)}, not {dtype!r}.")
+        spec = QuantSpec(self.bits, self.group_size, self.mode, self.quantizer,
+                         QuantSpec.scales_for(dtype)).validated()
         check_method(self.method, info.kind, spec)
         calibrated = not spec.full_precision and self.method != "rtn"
         if self.act_bits is not None and (self.act_bits not in ACT_BITS or info.kind != "vision"):
@@ -54,14 +60,13 @@ class QuantConfig:
             raise LabError(f"--calib must be a positive number, not {self.calib}.")
         if self.method == "mixed" and not spec.full_precision and (self.target_bpw is None or self.target_bpw <= 0):
             raise LabError("Method mixed needs --target-bpw, the bits-per-weight budget (e.g. 4.5).")
-        if self.dtype not in DTYPES:
-            raise LabError(f"--dtype must be one of {', '.join(DTYPES)}.")
         if info.kind == "lm" and (self.ctx < 8 or self.ctx % 2):
             raise LabError("--ctx must be an even number of tokens, at least 8.")
         calib = None
         if calibrated or self.act_bits:
             calib = self.calib or calibration.default_size(self.method, info.kind)
         return replace(self, bits=spec.bits, group_size=spec.group_size, mode=spec.mode, quantizer=spec.quantizer,
+                       dtype=dtype,
                        method="none" if spec.full_precision else self.method, calib=calib,
                        target_bpw=self.target_bpw if calibrated and self.method == "mixed" else None,
                        keep_first=self.keep_first and not spec.full_precision,
@@ -69,7 +74,8 @@ class QuantConfig:
 
     @property
     def spec(self) -> QuantSpec:
-        return QuantSpec(self.bits, self.group_size, self.mode, self.quantizer)
+        return QuantSpec(self.bits, self.group_size, self.mode, self.quantizer,
+                         QuantSpec.scales_for(self.dtype or runtime.default_dtype()))
 
     @property
     def tag(self) -> str:

@@ -19,7 +19,7 @@ from mlx.utils import tree_flatten
 from core.errors import LabError
 from core.quant.conv import im2col
 from core.quant.layers import module_at, swap, weight_layer_paths
-from core.quant.quantizers import dequantize_matrix, pack, scale_dtype
+from core.quant.quantizers import dequantize_matrix, pack, stored_dtype
 from core.quant.spec import QuantSpec
 
 DAMPING = 0.01  # fraction of the mean Hessian diagonal added to it (the paper's default)
@@ -30,7 +30,7 @@ def gptq_matrix(w: mx.array, hessian: np.ndarray, spec: QuantSpec) -> tuple[mx.a
     """Packed (weight, scales, biases) of a [rows, K] weight, K divisible by the group size, given the Hessian
     proxy H = sum x x^T [K, K] of its inputs. Columns whose input is always zero (padding) are quantized as is."""
     bits, group = spec.bits, spec.group_size
-    stored = scale_dtype(w)
+    stored = stored_dtype(spec)
     W = np.array(w.astype(mx.float32), dtype=np.float32)
     rows, K = W.shape
     H = np.array(hessian, dtype=np.float64, copy=True)

@@ -71,15 +71,28 @@ def _quantized_linear(layer: nn.Linear, spec: QuantSpec, packed=None) -> nn.Modu
 class ExactQuantizedEmbedding(nn.QuantizedEmbedding):
     """MLX's QuantizedEmbedding returns rows in the scales' dtype, which would silently turn a float32 model's
     activations into float16 (slow on CPU, and not the model we measure). This one de-quantizes in float32,
-    exactly as `dequantize_matrix`, and returns the embedding's compute dtype. Same arrays, same export."""
+    exactly as `dequantize_matrix`, and returns rows in its compute dtype: the dtype of `dtype_probe`, an empty
+    array, so that `model.set_dtype` (which casts arrays, never plain attributes) moves it with the rest of the
+    model. Export writes MLX's own layer (`plain()`), which holds the same arrays."""
 
     def __init__(self, *args, compute_dtype=mx.float32, **kwargs):
         super().__init__(*args, **kwargs)
-        self.compute_dtype = compute_dtype
+        self.dtype_probe = mx.zeros((0,), compute_dtype)
+
+    @property
+    def compute_dtype(self) -> mx.Dtype:
+        return self.dtype_probe.dtype
 
     def __call__(self, x: mx.array) -> mx.array:
         return dequantize_matrix(self.weight[x], self.scales[x], self.get("biases")[x] if "biases" in self else None,
                                  spec_of(self), self.compute_dtype)
+
+    def plain(self) -> nn.QuantizedEmbedding:
+        """MLX's layer over the same arrays, for files other tools load."""
+        layer = nn.QuantizedEmbedding(self.num_embeddings, self.dims, group_size=self.group_size, bits=self.bits,
+                                      mode=self.mode)
+        layer.update({k: v for k, v in self.parameters().items() if k != "dtype_probe"})
+        return layer
 
 
 def _quantized_embedding(layer: nn.Embedding, spec: QuantSpec, packed=None) -> nn.Module:

@@ -138,7 +138,8 @@ def quantize_mixed(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, keep
         raise LabError("Method mixed needs a bits-per-weight budget (--target-bpw, e.g. 4.5).")
     rows = sensitivity_table(model, tokenizer, kind, mixed_choices(spec.bits), spec.group_size, calibration, progress)
     allocation = allocate_bits(keep_full_precision(rows, keep), calibration.target_bpw, spec.group_size)
-    specs = {p: QuantSpec(b, spec.group_size if b < 16 else None) for p, b in allocation.items()}
+    specs = {p: QuantSpec(b, spec.group_size if b < 16 else None, scale_dtype=spec.scale_dtype)
+             for p, b in allocation.items()}
     report = quantize_model(model, spec, keep, specs=specs)
     report.layer_bits = {p: allocation[p] for p in report.quantized}
     return report

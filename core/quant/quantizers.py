@@ -24,15 +24,14 @@ def pack(q: mx.array, bits: int) -> mx.array:
     return (bit_planes << mx.arange(32, dtype=mx.uint32)).sum(axis=-1).astype(mx.uint32)
 
 
-def scale_dtype(w: mx.array) -> mx.Dtype:
-    """Affine scales and biases are stored in 16 bits (as in mlx-lm's half-precision models): bfloat16 for a
-    bfloat16 model, float16 otherwise. Quantized kernels take them next to float32 activations unchanged."""
-    return mx.bfloat16 if w.dtype == mx.bfloat16 else mx.float16
+def stored_dtype(spec: QuantSpec) -> mx.Dtype:
+    """The dtype affine scales and biases are stored in (spec.scale_dtype). Quantized kernels take float16
+    scales next to float32 activations unchanged; half-precision activations need scales of their own dtype."""
+    return getattr(mx, spec.scale_dtype)
 
 
-def _minmax_affine(w: mx.array, bits: int, group_size: int) -> tuple[mx.array, mx.array, mx.array]:
+def _minmax_affine(w: mx.array, bits: int, group_size: int, stored: mx.Dtype) -> tuple[mx.array, mx.array, mx.array]:
     rows, cols = w.shape
-    stored = scale_dtype(w)
     groups = w.astype(mx.float32).reshape(rows, cols // group_size, group_size)
     low, high = groups.min(axis=-1), groups.max(axis=-1)
     levels = 2**bits - 1
@@ -51,10 +50,11 @@ def quantize_matrix(w: mx.array, spec: QuantSpec) -> tuple[mx.array, mx.array, m
         wq, scales = mx.quantize(w, group_size=spec.group_size, bits=spec.bits, mode=spec.mode)
         return wq, scales, None
     if spec.quantizer == "mlx":
-        wq, scales, biases = mx.quantize(w.astype(scale_dtype(w)), group_size=spec.group_size, bits=spec.bits)
+        wq, scales, biases = mx.quantize(w.astype(stored_dtype(spec)), group_size=spec.group_size, bits=spec.bits)
         return wq, scales, biases
     # Row blocks bound the bit-plane temporary of 3/5/6-bit packing on large embeddings.
-    parts = [_minmax_affine(w[i:i + 8192], spec.bits, spec.group_size) for i in range(0, w.shape[0], 8192)]
+    parts = [_minmax_affine(w[i:i + 8192], spec.bits, spec.group_size, stored_dtype(spec))
+             for i in range(0, w.shape[0], 8192)]
     if len(parts) == 1:
         return parts[0]
     return tuple(mx.concatenate([p[k] for p in parts]) for k in range(3))

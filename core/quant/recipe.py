@@ -1,6 +1,7 @@
 """The one way a config becomes a model: load the full-precision baseline, quantize it with the config's method
 (keeping the layers it says), and simulate integer activations where asked. Evaluation, export and the server
-all call `quantize`, so the exported model is the evaluated one by construction."""
+all call `quantize`, so the exported model is the evaluated one by construction. The model comes back
+computing in float32 (the quality path); `Quantized.deploy()` casts it to the config's compute dtype."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from core.quant.calibration import calibration_images
 from core.quant.config import QuantConfig
 from core.quant.layers import QuantReport, weight_layer_paths
 from core.quant.methods import apply_method
+from core.quant.precision import cast_to
 
 
 @dataclass
@@ -26,6 +28,11 @@ class Quantized:
     model: nn.Module
     tokenizer: object | None
     report: QuantReport
+
+    def deploy(self) -> nn.Module:
+        """The model computing in the config's dtype, in place (for serving and export; evaluation casts only
+        while it measures speed, core.quant.precision.computing_in)."""
+        return cast_to(self.model, self.config.dtype)
 
 
 def keep_set(model: nn.Module, config: QuantConfig) -> set[str]:
@@ -43,7 +50,7 @@ def quantize(config: QuantConfig, progress=None, loading_share: float = 0.0) -> 
     step = progress or (lambda fraction, message: None)
     info = resolve(cfg.model)
     step(0.0, f"loading {cfg.model}")
-    model, tokenizer = load_baseline(info, cfg.dtype)
+    model, tokenizer = load_baseline(info)
     layers = weight_layer_paths(model)  # of the float model: the paths activations are calibrated at
     step(loading_share, f"quantizing ({cfg.tag})")
     report = apply_method(model, tokenizer, info.kind, cfg.spec, cfg.method, keep_set(model, cfg),

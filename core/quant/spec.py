@@ -12,6 +12,7 @@ AFFINE_GROUP_SIZES = (32, 64, 128)
 FLOAT_MODES = {"mxfp4": (4, 32), "nvfp4": (4, 16), "mxfp8": (8, 32)}  # mode -> (bits, group size)
 MODES = ("affine", *FLOAT_MODES)
 QUANTIZERS = ("minmax", "mlx")
+SCALE_DTYPES = ("float16", "bfloat16")
 _AFFINE_TAG = re.compile(r"^q(\d+)(?:g(\d+))?$")
 
 
@@ -23,6 +24,14 @@ class QuantSpec:
     group_size: int | None = None
     mode: str = "affine"
     quantizer: str = "minmax"  # affine only: 'minmax' (this project's) or 'mlx' (mx.quantize, zero-snapping)
+    # Affine scales and biases are stored in 16 bits: bfloat16 for a model that computes in bfloat16 (a quantized
+    # matmul promotes mixed dtypes to float32), float16 otherwise. Not part of the tag.
+    scale_dtype: str = "float16"
+
+    @classmethod
+    def scales_for(cls, compute_dtype: str) -> str:
+        """The scale dtype of a model that computes in `compute_dtype`."""
+        return "bfloat16" if compute_dtype == "bfloat16" else "float16"
 
     @property
     def full_precision(self) -> bool:
@@ -57,6 +66,8 @@ class QuantSpec:
             raise LabError(f"Unknown quantization mode {self.mode!r}; choose one of {', '.join(MODES)}.")
         if self.quantizer not in QUANTIZERS:
             raise LabError(f"Unknown quantizer {self.quantizer!r}; choose one of {', '.join(QUANTIZERS)}.")
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise LabError(f"Scales are stored as {' or '.join(SCALE_DTYPES)}, not {self.scale_dtype!r}.")
         if self.full_precision:
             if self.bits != FULL_PRECISION_BITS:
                 raise LabError(f"--q-bits {self.bits} is not supported; use 16 for full precision or one of {AFFINE_BITS}.")
@@ -66,7 +77,7 @@ class QuantSpec:
             if self.bits != bits or self.group_size not in (None, group):
                 raise LabError(f"Mode {self.mode} means {bits} bits in groups of {group}; "
                                f"got --q-bits {self.bits} --q-group-size {self.group_size}.")
-            return QuantSpec(bits, group, self.mode, "minmax")
+            return QuantSpec(bits, group, self.mode, "minmax", self.scale_dtype)
         if self.bits not in AFFINE_BITS:
             raise LabError(f"--q-bits {self.bits} is not supported; affine quantization takes "
                            f"{', '.join(map(str, AFFINE_BITS))} bits (or 16 for full precision).")
@@ -74,4 +85,4 @@ class QuantSpec:
         if group not in AFFINE_GROUP_SIZES:
             raise LabError(f"--q-group-size {group} is not supported; choose one of "
                            f"{', '.join(map(str, AFFINE_GROUP_SIZES))}.")
-        return QuantSpec(self.bits, group, "affine", self.quantizer)
+        return QuantSpec(self.bits, group, "affine", self.quantizer, self.scale_dtype)

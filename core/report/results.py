@@ -11,7 +11,8 @@ from core.cache import ResultCache
 # Columns a person reads first; every other field follows.
 LEAD_COLUMNS = ("model", "tag", "method", "bits", "group_size", "mode", "metric", "value", "stderr", "n",
                 "reference_value", "agreement", "kl_mean", "size_bytes", "bits_per_weight", "latency_ms_p50",
-                "throughput", "throughput_unit", "peak_memory_bytes", "backend", "protocol")
+                "throughput", "throughput_unit", "peak_memory_bytes", "backend", "compute_dtype", "quality_dtype",
+                "protocol")
 
 
 def load_rows(directory: Path) -> list[dict]:

@@ -25,6 +25,7 @@ def comparison_table(rows: list[dict]) -> tuple[list[dict], list[str]]:
             "latency p50": _fmt(r.get("latency_ms_p50"), 2, " ms"),
             "throughput": _fmt(r.get("throughput"), 1, f" {r.get('throughput_unit', '')}"),
             "peak MLX memory": "—" if r.get("peak_memory_bytes") is None else f"{r['peak_memory_bytes'] / 1e6:,.0f} MB",
+            "compute dtype": r.get("compute_dtype") or "—",
             "n": r["n"],
             "source": "cache" if r.get("cached") else f"computed in {r.get('eval_seconds', 0):.1f} s",
         })
@@ -52,6 +53,7 @@ def result_text(r) -> str:
     unit = "%" if r.metric == "top1_accuracy" else ""
     lines = [f"{r.model} {r.tag} ({r.method}, {r.backend}): {r.metric} = {r.value:.4f}{unit} ± {r.stderr:.4f} (n={r.n})",
              f"  protocol: {r.protocol}",
+             f"  deployed in {r.compute_dtype} (size, speed, memory); quality computed in {r.quality_dtype}",
              f"  size: {r.size_bytes / 1e6:.2f} MB, {r.bits_per_weight:.3f} bits/weight"]
     if r.reference_value is not None:
         lines.append(f"  full precision on the same data: {r.reference_value:.4f}{unit}")

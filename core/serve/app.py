@@ -21,6 +21,7 @@ from core.deploy.generate import MAX_NEW_TOKENS
 from core.deploy.ids import parse_model_id
 from core.errors import LabError
 from core.models.registry import default_vision_model
+from core.runtime import DTYPES, default_dtype
 from core.serve.engine import ModelPool, UnknownModel, Worker
 from core.serve.metrics import Metrics
 from core.serve.openai import ApiError, error_body
@@ -45,6 +46,7 @@ class ServeSettings:
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     max_tokens_limit: int = MAX_NEW_TOKENS
     default_max_tokens: int = 128
+    dtype: str | None = None  # compute dtype of every served model (default: the backend's)
 
 
 def error_response(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
@@ -59,9 +61,12 @@ def _internal(e: Exception) -> JSONResponse:
 def create_app(settings: ServeSettings) -> FastAPI:
     for model_id in settings.models:  # a bad id at start-up is the operator's error: fail before serving
         parse_model_id(model_id)
+    if settings.dtype is not None and settings.dtype not in DTYPES:
+        raise LabError(f"The compute dtype must be one of {', '.join(DTYPES)}, not {settings.dtype!r}.")
+    default_dtype()  # a bad MLXQ_DTYPE fails here, not on the first request
     app = FastAPI(title="MLX Quant Lab API", version="1")
     app.state.settings = settings
-    app.state.pool = ModelPool(settings.models, settings.memory_budget_bytes)
+    app.state.pool = ModelPool(settings.models, settings.memory_budget_bytes, settings.dtype)
     app.state.worker, app.state.metrics = Worker(), Metrics()
     app.middleware("http")(_guard)
     _add_error_handlers(app)

@@ -22,9 +22,9 @@ class Cancelled(Exception):
 class ModelPool:
     """Deployed models by id, loaded on demand, least recently used evicted beyond `budget_bytes`."""
 
-    def __init__(self, allowed: list[str], budget_bytes: int):
+    def __init__(self, allowed: list[str], budget_bytes: int, dtype: str | None = None):
         self.allowed = list(dict.fromkeys(allowed))
-        self.budget_bytes = budget_bytes
+        self.budget_bytes, self.dtype = budget_bytes, dtype
         self._models: OrderedDict[str, Deployed] = OrderedDict()
 
     def check(self, model_id: str) -> str:
@@ -38,7 +38,7 @@ class ModelPool:
             self._models.move_to_end(model_id)
             return self._models[model_id]
         info, spec = parse_model_id(model_id)
-        loaded = load_deployed(info, spec)
+        loaded = load_deployed(info, spec, self.dtype)
         self._models[model_id] = loaded
         while len(self._models) > 1 and self.resident_bytes() > self.budget_bytes:
             self._models.popitem(last=False)  # least recently used

@@ -74,6 +74,11 @@ def _mean_kl(reference: mx.array, logits: mx.array) -> float:
     return float((mx.exp(log_p) * (log_p - log_q)).sum(-1).mean())
 
 
+# GPTQ solves for each layer against the Hessian of its inputs: with fewer calibration tokens than a layer's input
+# width (1,536 in the MLP) it fits those few tokens and the result depends on which chunks they are.
+CALIBRATION_CHUNKS = {"rtn": 4, "awq": 4, "gptq": 64}
+
+
 @needs_mirror
 @pytest.mark.parametrize("method", ["awq", "gptq"])
 def test_calibrated_lm_methods_lose_less_than_round_to_nearest(smollm2_dir, method):
@@ -91,7 +96,7 @@ def test_calibrated_lm_methods_lose_less_than_round_to_nearest(smollm2_dir, meth
     kl = {}
     for name in ("rtn", method):
         model, _ = _truncated_smollm2(4)
-        apply_method(model, tokenizer, "lm", spec, name, set(), Calibration(4, ctx=128))
+        apply_method(model, tokenizer, "lm", spec, name, set(), Calibration(CALIBRATION_CHUNKS[method], ctx=128))
         kl[name] = _mean_kl(reference, model(test))
     assert kl[method] < 0.9 * kl["rtn"], kl
 

@@ -1,0 +1,53 @@
+"""The compute dtype a quantized model runs in. Models are quantized and measured for quality in float32; a
+deployed model computes in the config's dtype (core.runtime.default_dtype): its full-precision arrays (norms,
+kept layers, BatchNorm statistics, biases) cast to it, affine scales stored in the 16-bit type that matches it,
+packed integers untouched."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+from core.quant.spec import QuantSpec
+from core.runtime import DTYPES
+
+SCALE_ARRAYS = ("scales", "biases")  # of quantized layers only: float layers call their offset `bias`
+
+
+def cast_to(model: nn.Module, dtype: str) -> nn.Module:
+    """Make `model` compute in `dtype` ('float32', 'bfloat16' or 'float16'), in place; arrays already of the
+    right type are left alone."""
+    target, scales = DTYPES[dtype], getattr(mx, QuantSpec.scales_for(dtype))
+    changed = []
+    for path, value in tree_flatten(model.parameters()):
+        if not mx.issubdtype(value.dtype, mx.floating):
+            continue
+        want = scales if path.rsplit(".", 1)[-1] in SCALE_ARRAYS else target
+        if value.dtype != want:
+            changed.append((path, value.astype(want)))
+    if changed:
+        model.update(tree_unflatten(changed))
+        mx.eval([v for _, v in changed])
+    return model
+
+
+@contextmanager
+def computing_in(model: nn.Module, dtype: str):
+    """Within the block `model` computes in `dtype`; afterwards it holds its own arrays again, nothing rounded
+    (speed is measured in the deployed dtype, quality in float32, on one quantized model)."""
+    saved = model.parameters()
+    cast_to(model, dtype)
+    try:
+        yield model
+    finally:
+        model.update(saved)
+
+
+def activation_dtype(model: nn.Module) -> mx.Dtype:
+    """The dtype the model computes in: that of its first floating full-precision array that is not a scale."""
+    for path, value in tree_flatten(model.parameters()):
+        if mx.issubdtype(value.dtype, mx.floating) and path.rsplit(".", 1)[-1] not in SCALE_ARRAYS:
+            return value.dtype
+    return mx.float32
