@@ -69,7 +69,7 @@ def export_model(config: QuantConfig, out: Path, force: bool = False, progress=N
 
 
 def write_export(q: Quantized, out: Path, force: bool = False) -> ExportResult:
-    """Write an already quantized model to `out`."""
+    """Write an already quantized model to `out` (it is cast to its config's compute dtype in place first)."""
     out = Path(os.path.abspath(out))
     check_destination(out, force)
     with _staging_folder(out) as staging:
