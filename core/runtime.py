@@ -30,6 +30,15 @@ def backend() -> str:
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
+def resolve_dtype(dtype: str | None, flag: str = "--dtype") -> str:
+    """`dtype` checked (a LabError naming `flag` if it is not one of DTYPES), or the default when None."""
+    if dtype is None:
+        return default_dtype()
+    if dtype not in DTYPES:
+        raise LabError(f"{flag} must be one of {', '.join(DTYPES)}, not {dtype!r}.")
+    return dtype
+
+
 def default_dtype() -> str:
     """The compute dtype deployed models run in here, chosen once: MLXQ_DTYPE if set, else float32 on a CPU
     (half precision there is converted on every op, and slower) and bfloat16 on Metal and CUDA (what people
@@ -37,9 +46,7 @@ def default_dtype() -> str:
     chosen = settings.dtype()
     if chosen is None:
         return "float32" if backend() == "cpu" else "bfloat16"
-    if chosen not in DTYPES:
-        raise LabError(f"{settings.DTYPE}={chosen!r}: choose one of {', '.join(DTYPES)}.")
-    return chosen
+    return resolve_dtype(chosen, settings.DTYPE)
 
 
 def openblas_active() -> bool | None:

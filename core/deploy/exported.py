@@ -10,9 +10,9 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from core.errors import LabError
 from core.models import resnet
-from core.quant.baseline import DTYPES
 from core.quant.conv import QuantizedConv2d
 from core.quant.layers import WEIGHT_LAYERS, ExactQuantizedEmbedding
+from core.runtime import DTYPES
 
 FORMAT, VERSION = "mlxq-export", 1
 VISION_META = "quantization.json"  # ResNet exports: architecture, layers, method

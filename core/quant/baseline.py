@@ -7,14 +7,13 @@ import mlx.core as mx
 
 from core.models.registry import ModelInfo, load
 from core.quant.layers import dequantize_model
-from core.runtime import DTYPES
 
 
-def load_baseline(info: ModelInfo, dtype: str = "float32"):
-    """(model, tokenizer or None) in full precision, fresh each call (quantization replaces layers in place)."""
+def load_baseline(info: ModelInfo):
+    """(model, tokenizer or None) in float32, fresh each call (quantization replaces layers in place)."""
     model, tokenizer = load(info)
     if info.kind == "lm":  # an already quantized mlx-lm checkpoint is de-quantized exactly, then cast
-        dequantize_model(model, DTYPES[dtype])
-        model.set_dtype(DTYPES[dtype])
+        dequantize_model(model, mx.float32)
+        model.set_dtype(mx.float32)
         mx.eval(model.parameters())
     return model, tokenizer

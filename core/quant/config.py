@@ -47,9 +47,7 @@ class QuantConfig:
     def validated(self):
         """The same config with every default filled in, or a LabError that says what is wrong."""
         info = registry.resolve(self.model)
-        dtype = self.dtype or runtime.default_dtype()
-        if dtype not in runtime.DTYPES:
-            raise LabError(f"--dtype must be one of {', '.join(runtime.DTYPES)}, not {dtype!r}.")
+        dtype = runtime.resolve_dtype(self.dtype)
         spec = QuantSpec(self.bits, self.group_size, self.mode, self.quantizer,
                          QuantSpec.scales_for(dtype)).validated()
         check_method(self.method, info.kind, spec)
@@ -75,7 +73,7 @@ class QuantConfig:
     @property
     def spec(self) -> QuantSpec:
         return QuantSpec(self.bits, self.group_size, self.mode, self.quantizer,
-                         QuantSpec.scales_for(self.dtype or runtime.default_dtype()))
+                         QuantSpec.scales_for(runtime.resolve_dtype(self.dtype)))
 
     @property
     def tag(self) -> str:

@@ -16,6 +16,10 @@ from core.runtime import DTYPES
 SCALE_ARRAYS = ("scales", "biases")  # of quantized layers only: float layers call their offset `bias`
 
 
+def _is_scale(path: str) -> bool:
+    return path.rsplit(".", 1)[-1] in SCALE_ARRAYS
+
+
 def cast_to(model: nn.Module, dtype: str) -> nn.Module:
     """Make `model` compute in `dtype` ('float32', 'bfloat16' or 'float16'), in place; arrays already of the
     right type are left alone."""
@@ -24,7 +28,7 @@ def cast_to(model: nn.Module, dtype: str) -> nn.Module:
     for path, value in tree_flatten(model.parameters()):
         if not mx.issubdtype(value.dtype, mx.floating):
             continue
-        want = scales if path.rsplit(".", 1)[-1] in SCALE_ARRAYS else target
+        want = scales if _is_scale(path) else target
         if value.dtype != want:
             changed.append((path, value.astype(want)))
     if changed:
@@ -48,6 +52,6 @@ def computing_in(model: nn.Module, dtype: str):
 def activation_dtype(model: nn.Module) -> mx.Dtype:
     """The dtype the model computes in: that of its first floating full-precision array that is not a scale."""
     for path, value in tree_flatten(model.parameters()):
-        if mx.issubdtype(value.dtype, mx.floating) and path.rsplit(".", 1)[-1] not in SCALE_ARRAYS:
+        if mx.issubdtype(value.dtype, mx.floating) and not _is_scale(path):
             return value.dtype
     return mx.float32

@@ -21,7 +21,7 @@ from core.deploy.generate import MAX_NEW_TOKENS
 from core.deploy.ids import parse_model_id
 from core.errors import LabError
 from core.models.registry import default_vision_model
-from core.runtime import DTYPES, default_dtype
+from core.runtime import resolve_dtype
 from core.serve.engine import ModelPool, UnknownModel, Worker
 from core.serve.metrics import Metrics
 from core.serve.openai import ApiError, error_body
@@ -61,9 +61,7 @@ def _internal(e: Exception) -> JSONResponse:
 def create_app(settings: ServeSettings) -> FastAPI:
     for model_id in settings.models:  # a bad id at start-up is the operator's error: fail before serving
         parse_model_id(model_id)
-    if settings.dtype is not None and settings.dtype not in DTYPES:
-        raise LabError(f"The compute dtype must be one of {', '.join(DTYPES)}, not {settings.dtype!r}.")
-    default_dtype()  # a bad MLXQ_DTYPE fails here, not on the first request
+    resolve_dtype(settings.dtype)  # a bad dtype (or MLXQ_DTYPE) fails here, not on the first request
     app = FastAPI(title="MLX Quant Lab API", version="1")
     app.state.settings = settings
     app.state.pool = ModelPool(settings.models, settings.memory_budget_bytes, settings.dtype)
