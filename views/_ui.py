@@ -4,19 +4,34 @@ from __future__ import annotations
 import streamlit as st
 
 from core.deploy import ids
+from core.deploy.engines import Engines, ModelPool
 from core.errors import LabError
+from core.models.registry import REGISTRY
 from core.report.demo import demo_rows
 from core.report.results import all_result_rows, results_signature
 from core.report.status import MemoryMonitor
 
 PLAYGROUND_TAGS = ("fp", "q8", "q6", "q5", "q4", "q4g32", "q3g32", "q2g32", "mxfp4", "nvfp4", "mxfp8")
+PLAYGROUND_MEMORY_BYTES = 2 * 1024**3  # models kept loaded beyond this are evicted, least recently used first
 
 
-@st.cache_resource(max_entries=6, show_spinner="Loading and quantizing the model...")
+@st.cache_resource
+def engines() -> Engines:
+    """The dashboard process's engines (the same text engine and model pool the API server uses), shared by
+    every session; models load on first use, least recently used evicted beyond the pool's budget."""
+    allowed = [f"{name}@{tag}" for name in REGISTRY for tag in PLAYGROUND_TAGS]
+    return Engines.start(ModelPool(allowed, PLAYGROUND_MEMORY_BYTES), max_batch=8, max_queue=32,
+                         max_vision_queue=64)
+
+
 def deployed(name: str, tag: str) -> ids.Deployed:
-    """One shared, never-mutated model per (name, quantization)."""
-    info, spec = ids.parse_model_id(f"{name}@{tag}")
-    return ids.load_deployed(info, spec)
+    """One shared, never-mutated model per (name, quantization), from the engines' pool."""
+    pool = engines().pool
+    model_id = f"{name}@{tag}"
+    if model_id in pool.loaded():
+        return pool.get(model_id)
+    with st.spinner("Loading and quantizing the model..."):
+        return pool.get(model_id)
 
 
 @st.cache_resource

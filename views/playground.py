@@ -1,13 +1,17 @@
 """Playground: classify an image or chat, full precision and a quantized model side by side."""
+import queue
+
 import pandas as pd
 import streamlit as st
 from PIL import Image
 
 from core import data
 from core.deploy import classify as vision
-from core.deploy import generate
+from core.deploy import generate, prompts
+from core.deploy.streams import Failed, Finished, Handle, Text, TextRequest
+from core.deploy.sampling import SamplingSettings
 from core.models import registry as models
-from views._ui import PLAYGROUND_TAGS, deployed, error, mb
+from views._ui import PLAYGROUND_TAGS, deployed, engines, error, mb
 
 st.title("Playground")
 vision_tab, chat_tab = st.tabs(["Image", "Chat"])
@@ -17,6 +21,46 @@ def top5_panel(column, title: str, result: vision.Classification) -> None:
     column.markdown(f"**{title}** — {result.latency_ms:.1f} ms")
     column.bar_chart(pd.DataFrame({"probability": [p for _, p in result.top_k(5)]},
                                   index=[c for c, _ in result.top_k(5)]), horizontal=True, height=220)
+
+
+def answer_side_by_side(tokens: list[int], max_tokens: int, temperature: float, sides: dict) -> None:
+    """Both models answer the same prompt on the text engine; each panel grows as its tokens arrive. Leaving
+    the page (or a new prompt) cancels both requests."""
+    events: queue.Queue = queue.Queue()
+    sampling = SamplingSettings(temperature=temperature, seed=0)
+    panels, handles = {}, []
+    for column, (title, (model_id, model)) in zip(st.columns(len(sides)), sides.items()):
+        column.markdown(f"**{title}** ({mb(model.size_bytes)}, computes in {model.dtype})")
+        panels[title] = (column.empty(), column.empty(), [""])
+        handle = Handle(lambda event, title=title: events.put((title, event)))
+        handles.append(engines().text.submit(TextRequest(model_id, tokens, max_tokens, sampling), handle))
+    try:
+        open_sides = set(panels)
+        while open_sides:
+            title, event = events.get(timeout=600)
+            text_box, stats_box, text = panels[title]
+            if isinstance(event, Text):
+                text[0] += event.text
+                text_box.markdown(text[0] + " ▌")
+                continue
+            open_sides.discard(title)
+            if isinstance(event, Failed):
+                stats_box.error(event.message)
+                continue
+            text_box.markdown(text[0])
+            stats_box.caption(_readout(event))
+    finally:
+        for handle in handles:
+            handle.cancel()
+
+
+def _readout(end: Finished) -> str:
+    """Tokens and, where it means something (two tokens or more), decode speed over decode steps only."""
+    speed = (f", decode {end.decode_tokens_per_s:.1f} tokens/s" if end.decode_tokens_per_s is not None
+             else " (too short to measure decode speed)")
+    return (f"{end.completion_tokens} token{'s' if end.completion_tokens != 1 else ''}{speed}, "
+            f"first token after {end.first_token_s * 1e3:.0f} ms (prompt {end.prompt_tokens} tokens), "
+            f"finished by {end.reason}")
 
 
 with vision_tab:
@@ -61,32 +105,14 @@ with chat_tab:
     prompt = st.chat_input("Ask something", key="p_prompt")
     if prompt is not None:
         try:
-            full, quantized = deployed(lm_name, "fp"), deployed(lm_name, lm_tag)
-            messages = [{"role": "user", "content": prompt}]
-            tokens = generate.chat_prompt_tokens(full.tokenizer, messages)
             generate.check_generation_settings(max_tokens, temperature, 1.0)
+            full, quantized = deployed(lm_name, "fp"), deployed(lm_name, lm_tag)
+            tokens = prompts.chat_prompt_tokens(full.tokenizer, [{"role": "user", "content": prompt}])
             st.chat_message("user").write(prompt)
-            a, b = st.columns(2)
-            panels = {}
-            for column, deployed_model, title in ((a, full, "Full precision"), (b, quantized, lm_tag)):
-                column.markdown(f"**{title}** ({mb(deployed_model.size_bytes)}, computes in {deployed_model.dtype})")
-                panels[title] = (column.empty(), column.empty(), deployed_model)
-            streams = {title: generate.stream_chat(d.model, d.tokenizer, tokens, max_tokens, temperature, seed=0)
-                       for title, (_, _, d) in panels.items()}
-            texts = {title: "" for title in panels}
-            while streams:  # one token from each model in turn, so both answers grow together
-                for title in list(streams):
-                    chunk = next(streams[title], None)
-                    text_box, stats_box, _ = panels[title]
-                    if chunk is None:
-                        del streams[title]
-                        continue
-                    texts[title] += chunk.text
-                    text_box.markdown(texts[title] + ("" if chunk.finish_reason else " ▌"))
-                    stats_box.caption(f"{chunk.tokens} tokens, {chunk.tokens_per_s:.1f} tokens/s, "
-                                      f"prompt {chunk.prompt_tokens_per_s:.0f} tokens/s, "
-                                      f"MLX peak memory of the process {mb(chunk.peak_memory_bytes)}")
-            st.caption("Both models decode in turns in one process, so each one's tokens/s is roughly halved; "
-                       "the Quantize page and `./lab eval` measure decode speed alone.")
+            answer_side_by_side(tokens, max_tokens, temperature,
+                                {"Full precision": (f"{lm_name}@fp", full), lm_tag: (f"{lm_name}@{lm_tag}", quantized)})
+            st.caption("Both models decode on the server's continuous-batching engine in one process, taking turns, "
+                       "so each one's tokens/s is roughly halved; the Quantize page and `./lab eval` measure decode "
+                       "speed alone.")
         except Exception as e:  # LabError or a bug: one message, the page keeps working
             error(e)

@@ -108,7 +108,11 @@ def cmd_serve(args) -> int:
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else default_models()
     api = ServeSettings(models=models, api_key=args.api_key or settings.api_key(),
-                        memory_budget_bytes=int(args.memory_budget_mb * 1024**2), dtype=args.dtype)
+                        memory_budget_bytes=int(args.memory_budget_mb * 1024**2), dtype=args.dtype,
+                        max_batch=args.max_batch, max_queue=args.max_queue, max_vision_queue=args.max_vision_queue,
+                        request_timeout_s=args.request_timeout, allow_special_tokens=args.allow_special_tokens)
+    if args.request_timeout is not None and not args.request_timeout > 0:
+        raise LabError(f"--request-timeout must be a positive number of seconds, not {args.request_timeout}.")
     where = f"http://{args.host}:{args.port}"
     print(f"serving {', '.join(models)} in {args.dtype or runtime.default_dtype()} on {where} "
           f"(OpenAI-compatible: {where}/v1)"

@@ -88,6 +88,15 @@ def _serving_commands(sub) -> None:
     p.add_argument("--memory-budget-mb", type=float, default=2048, help="evict least-recently-used models beyond this")
     p.add_argument("--dtype", choices=list(runtime.DTYPES), default=None,
                    help="compute dtype of the served models (default: float32 on a CPU, bfloat16 on Metal and CUDA)")
+    p.add_argument("--max-batch", type=positive_int, default=16, help="sequences the text engine decodes together")
+    p.add_argument("--max-queue", type=positive_int, default=64,
+                   help="text requests that may wait beyond the running batch; more are answered 429")
+    p.add_argument("--max-vision-queue", type=positive_int, default=256,
+                   help="images that may wait for the vision lane; more are answered 429")
+    p.add_argument("--request-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop a generation that runs longer than this and answer 408 (default: no deadline)")
+    p.add_argument("--allow-special-tokens", action="store_true",
+                   help="parse chat-template control tokens in user text (off: typed text always stays text)")
     p.set_defaults(func=commands.cmd_serve)
     p = sub.add_parser("loadtest", help="bounded load test of a running server on this machine")
     p.add_argument("--url", default="http://127.0.0.1:8000")

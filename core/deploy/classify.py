@@ -73,16 +73,23 @@ class Classification:
         return self.top[:k]
 
 
-def classify(model, image32: np.ndarray) -> Classification:
-    """Probabilities of every class for one 32x32 image, most probable first, and the latency of the call."""
-    x = resnet.preprocess(image32[None]).astype(activation_dtype(model))
-    mx.eval(model(x))  # warm-up: the first call of a fresh model sets up its kernels
+def classify(model, image32: np.ndarray, warm: bool = True) -> Classification:
+    """Probabilities of every class for one 32x32 image, most probable first, and the latency of the call.
+    `warm` runs the model once first (the first call of a fresh model sets up its kernels)."""
+    return classify_batch(model, image32[None], warm)[0]
+
+
+def classify_batch(model, images32: np.ndarray, warm: bool = False) -> list[Classification]:
+    """One forward pass for a batch of 32x32 images [N, 32, 32, 3]; each result carries the batch's latency."""
+    x = resnet.preprocess(images32).astype(activation_dtype(model))
+    if warm:
+        mx.eval(model(x))
     start = time.perf_counter()
     probs = mx.softmax(model(x).astype(mx.float32), axis=-1)
     mx.eval(probs)
     latency = (time.perf_counter() - start) * 1e3
-    p = np.array(probs[0])
-    order = np.argsort(-p)
-    return Classification([(CIFAR10_CLASSES[i], float(p[i])) for i in order], latency)
-
-
+    results = []
+    for p in np.array(probs):
+        order = np.argsort(-p)
+        results.append(Classification([(CIFAR10_CLASSES[i], float(p[i])) for i in order], latency))
+    return results

@@ -1,5 +1,6 @@
-"""Text generation with a deployed language model: prompts checked and tokenized, tokens streamed with their
-sampling settings and stop strings, by mlx-lm's loop or the opt-in compiled decode step."""
+"""Single-stream text generation with a deployed language model (the benchmarks' decode measurements): tokens
+streamed with their sampling settings and stop strings, by mlx-lm's loop or the opt-in compiled decode step.
+Prompts are built by core.deploy.prompts; concurrent serving uses core.deploy.batching."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,8 +12,6 @@ from core import settings
 from core.deploy import fastdecode
 from core.errors import LabError
 
-MAX_PROMPT_CHARS = 4000
-MAX_PROMPT_TOKENS = 1024
 MAX_NEW_TOKENS = 512
 
 
@@ -23,37 +22,6 @@ def check_generation_settings(max_tokens: int, temperature: float, top_p: float)
         raise LabError(f"temperature must be between 0 and 2, not {temperature}.")
     if not 0.0 <= top_p <= 1.0:
         raise LabError(f"top_p must be between 0 and 1, not {top_p}.")
-
-
-def chat_prompt_tokens(tokenizer, messages: list[dict]) -> list[int]:
-    """The chat template applied to the messages, with the assistant turn opened; checked for size."""
-    if not messages or not all(isinstance(m.get("content"), str) for m in messages):
-        raise LabError("A prompt needs at least one message with text.")
-    _check_text(messages[-1]["content"], sum(len(m["content"]) for m in messages))
-    if getattr(tokenizer, "chat_template", None):
-        tokens = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    else:
-        tokens = tokenizer.encode("\n".join(m["content"] for m in messages))
-    return _checked_length(tokens)
-
-
-def completion_prompt_tokens(tokenizer, text: str) -> list[int]:
-    """A plain-text prompt as tokens, checked like a chat prompt."""
-    _check_text(text, len(text))
-    return _checked_length(tokenizer.encode(text))
-
-
-def _check_text(last: str, chars: int) -> None:
-    if not last.strip():
-        raise LabError("The prompt is empty; type something to send.")
-    if chars > MAX_PROMPT_CHARS:
-        raise LabError(f"The prompt is {chars} characters long; the limit is {MAX_PROMPT_CHARS}.")
-
-
-def _checked_length(tokens) -> list[int]:
-    if len(tokens) > MAX_PROMPT_TOKENS:
-        raise LabError(f"The prompt is {len(tokens)} tokens long; the limit is {MAX_PROMPT_TOKENS}.")
-    return list(tokens)
 
 
 @dataclass

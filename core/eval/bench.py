@@ -14,7 +14,7 @@ import mlx.core as mx
 import numpy as np
 
 from core import data, runtime, settings
-from core.deploy import fastdecode, generate
+from core.deploy import fastdecode, generate, prompts
 from core.deploy.ids import load_deployed, parse_model_id
 from core.eval import quality
 from core.eval.flatconv import FLAT_BATCH, FlatResNet
@@ -109,16 +109,16 @@ def ppl_eval_speed(chunks: int = 8, trials: int = 1) -> list[BenchRow]:
 def decode_speed(tags=("fp", "q8", "q4g64"), new_tokens: int = 64, trials: int = 3) -> list[BenchRow]:
     """Decode tokens/s of mlx_lm.generate against the project's generation path (playground and API), same
     model, prompt and greedy decoding, trials alternated so both see the same machine state."""
-    from mlx_lm import generate
+    from mlx_lm import generate as mlx_lm_generate
 
     rows = []
     for tag in tags:
         d = load_deployed(*parse_model_id(f"smollm2-135m-instruct@{tag}"))
-        prompt = generate.chat_prompt_tokens(d.tokenizer, [{"role": "user", "content": "Tell me about the sea."}])
+        prompt = prompts.chat_prompt_tokens(d.tokenizer, [{"role": "user", "content": "Tell me about the sea."}])
         theirs, ours = [], []
         for _ in range(trials + 1):
             start = time.perf_counter()
-            generate(d.model, d.tokenizer, prompt, max_tokens=new_tokens)
+            mlx_lm_generate(d.model, d.tokenizer, prompt, max_tokens=new_tokens)
             theirs.append(time.perf_counter() - start)
             start = time.perf_counter()
             for _chunk in generate.stream_chat(d.model, d.tokenizer, prompt, new_tokens, 0.0):
@@ -304,8 +304,15 @@ def _number(value: float) -> str:
     return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
+def serving() -> list[BenchRow]:
+    """The project's server against mlx_lm.server (core.eval.serving_bench)."""
+    from core.eval.serving_bench import serving_speed
+
+    return [BenchRow(*row) for row in serving_speed()]
+
+
 SECTIONS = {"resnet": resnet_eval_speed, "ppl": ppl_eval_speed, "decode": decode_speed, "llama-cpp": llama_cpp_peer,
-            "full-eval": full_eval_speed, "decode-ceiling": decode_ceiling}
+            "full-eval": full_eval_speed, "decode-ceiling": decode_ceiling, "serving": serving}
 
 
 def run_bench(sections: list[str], out_dir: Path, command: str, quick: bool = False) -> Path:

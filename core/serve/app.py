@@ -1,17 +1,20 @@
 """OpenAI-compatible HTTP API for the quantized models: `python -m core serve`.
 
-Endpoints (core.serve.routes): GET /health, GET /metrics (Prometheus), GET /v1/models, POST /v1/chat/completions,
-POST /v1/completions (both streaming as server-sent events or not), POST /v1/classify (multipart image).
-Models are named with their quantization ('smollm2-135m-instruct@q4g64', 'resnet20@q8'); only the ids given
-at start-up are served, and an id is never used as a path. This module wires the parts together: settings,
-the model pool and worker (core.serve.engine), metrics, the request guard and the error handlers."""
+Endpoints: GET /health, GET /metrics (Prometheus), GET /v1/models and /v1/models/{id} (core.serve.routes);
+POST /v1/chat/completions and /v1/completions, whole or streamed (core.serve.completions); POST /v1/classify
+(multipart image, core.serve.routes). Models are named with their quantization ('smollm2-135m-instruct@q4g64',
+'resnet20@q8'); only the ids given at start-up are served, and an id is never used as a path. This module wires
+the parts together: settings, the engines (core.deploy.engines), metrics, the request guard and error handlers."""
 from __future__ import annotations
 
 import hmac
+import logging
 import time
+import traceback
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,11 +25,12 @@ from core.deploy.ids import parse_model_id
 from core.errors import LabError
 from core.models.registry import default_vision_model
 from core.runtime import resolve_dtype
-from core.serve.engine import ModelPool, UnknownModel, Worker
+from core.serve import completions, routes
+from core.deploy.engines import Engines, ModelPool, UnknownModel
 from core.serve.metrics import Metrics
 from core.serve.openai import ApiError, error_body
-from core.serve.routes import router
 
+log = logging.getLogger("mlxq.serve")
 KNOWN_PATHS = {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/classify"}
 
 
@@ -47,64 +51,134 @@ class ServeSettings:
     max_tokens_limit: int = MAX_NEW_TOKENS
     default_max_tokens: int = 128
     dtype: str | None = None  # compute dtype of every served model (default: the backend's)
+    max_batch: int = 16  # sequences decoded together by the text engine
+    max_queue: int = 64  # text requests waiting beyond the running batch; more get 429
+    max_vision_queue: int = 256  # images waiting for the vision lane; more get 429
+    request_timeout_s: float | None = None  # per-request deadline: generation stops, the answer is 408
+    allow_special_tokens: bool = False  # parse control tokens in user text (off: typed text stays text)
 
 
 def error_response(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
-                   param: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, kind, code, param), status)
+                   param: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, kind, code, param), status, headers=headers)
 
 
-def _internal(e: Exception) -> JSONResponse:
-    return error_response(500, f"Internal error ({type(e).__name__}); the server keeps running.", "server_error")
+def api_error_response(e: ApiError) -> JSONResponse:
+    return error_response(e.status, e.message, e.kind, e.code, e.param, e.headers)
+
+
+def _internal(e: BaseException) -> JSONResponse:
+    log.error("internal error:\n%s", "".join(traceback.format_exception(e)))
+    return error_response(500, f"Internal error ({type(e).__name__}); the server keeps running and logged it.",
+                          "server_error")
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
     for model_id in settings.models:  # a bad id at start-up is the operator's error: fail before serving
         parse_model_id(model_id)
     resolve_dtype(settings.dtype)  # a bad dtype (or MLXQ_DTYPE) fails here, not on the first request
-    app = FastAPI(title="MLX Quant Lab API", version="1")
-    app.state.settings = settings
-    app.state.pool = ModelPool(settings.models, settings.memory_budget_bytes, settings.dtype)
-    app.state.worker, app.state.metrics = Worker(), Metrics()
-    app.middleware("http")(_guard)
+    pool = ModelPool(settings.models, settings.memory_budget_bytes, settings.dtype)
+    engines = Engines.start(pool, settings.max_batch, settings.max_queue, settings.max_vision_queue)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        engines.stop()
+
+    app = FastAPI(title="MLX Quant Lab API", version="1", lifespan=lifespan)
+    app.state.settings, app.state.engines, app.state.metrics = settings, engines, Metrics()
+    app.state.token_names = {}
     _add_error_handlers(app)
-    app.include_router(router)
+    app.include_router(routes.router)
+    app.include_router(completions.router)
+    app.add_middleware(Guard, settings=settings, metrics=app.state.metrics)
     return app
 
 
-def _check_request(request: Request, settings: ServeSettings) -> None:
-    """The API key (on /v1/* and /metrics) and the declared body size, before the body is read."""
-    route = request.scope.get("path", "")
-    if settings.api_key and (route.startswith("/v1/") or route == "/metrics"):
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-            raise ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.", "invalid_api_key")
-    limit = settings.max_upload_bytes if route == "/v1/classify" else settings.max_json_bytes
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise ApiError(413, f"The request body is larger than {limit} bytes.", "request_too_large")
+class BodyTooLarge(Exception):
+    pass
 
 
-async def _guard(request: Request, call_next):
-    """Every request: checked, answered (nothing a request does may take the server down), counted."""
-    start = time.perf_counter()
-    route = request.scope.get("path", "")
-    try:
-        _check_request(request, request.app.state.settings)
-        response = await call_next(request)
-    except ApiError as e:
-        response = error_response(e.status, e.message, code=e.code, param=e.param)
-    except Exception as e:
-        response = _internal(e)
-    request.app.state.metrics.observe(route if route in KNOWN_PATHS else "other", response.status_code,
-                                      time.perf_counter() - start)
-    return response
+class Guard:
+    """Every request, as plain ASGI: the API key (on /v1/* and /metrics), the body read whole within its limit
+    whatever the transfer encoding (a chunked body has no Content-Length), anything unexpected answered as a
+    JSON 500 and logged, and every request counted."""
+
+    def __init__(self, app, settings: ServeSettings, metrics: Metrics):
+        self.app, self.settings, self.metrics = app, settings, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, route = time.perf_counter(), scope.get("path", "")
+        status = {"code": 500, "started": False}
+
+        async def counted_send(message):
+            if message["type"] == "http.response.start":
+                status["code"], status["started"] = message["status"], True
+            await send(message)
+
+        try:
+            self._check_key(route, scope)
+            body = await self._read_body(route, scope, receive)
+            await self.app(scope, _replay(body, receive), counted_send)
+        except ApiError as e:
+            await self._answer(api_error_response(e), status, scope, receive, counted_send)
+        except Exception as e:
+            await self._answer(_internal(e), status, scope, receive, counted_send)
+        label = route if route in KNOWN_PATHS else ("/v1/models/{id}" if route.startswith("/v1/models/") else "other")
+        self.metrics.observe(label, status["code"], time.perf_counter() - start)
+
+    @staticmethod
+    async def _answer(response, status, scope, receive, send):
+        if not status["started"]:  # once a stream has started, its errors are reported in-band
+            await response(scope, receive, send)
+
+    def _check_key(self, route: str, scope) -> None:
+        if self.settings.api_key and (route.startswith("/v1/") or route == "/metrics"):
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {self.settings.api_key}".encode()):
+                raise ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
+                               "invalid_api_key")
+
+    async def _read_body(self, route: str, scope, receive) -> bytes:
+        limit = self.settings.max_upload_bytes if route == "/v1/classify" else self.settings.max_json_bytes
+        too_large = ApiError(413, f"The request body is larger than {limit} bytes.", "request_too_large")
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise too_large
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ApiError(400, "The client went away before sending the whole body.", "client_gone")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """A receive that hands the app the body already read, then passes on what comes next (a disconnect)."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_request, e: ApiError):
-        return error_response(e.status, e.message, code=e.code, param=e.param)
+        return api_error_response(e)
 
     @app.exception_handler(UnknownModel)
     async def unknown_model(_request, e: UnknownModel):
@@ -116,20 +190,37 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, e: RequestValidationError):
-        first = e.errors()[0] if e.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        if first.get("type") == "json_invalid":
-            return error_response(400, "The request body is not valid JSON.", code="invalid_json")
-        return error_response(400, f"Invalid request: {where or 'body'}: {first.get('msg', 'invalid value')}.",
-                              param=where or None)
+        return _validation_error(e.errors())
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request, e: StarletteHTTPException):
+        if isinstance(e.__cause__, RecursionError):
+            return error_response(400, "The request body is nested too deeply.", code="invalid_json")
         return error_response(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None)
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(_request, _e: RecursionError):
+        return error_response(400, "The request body is nested too deeply.", code="invalid_json")
 
     @app.exception_handler(Exception)
     async def unexpected(_request, e: Exception):
         return _internal(e)
+
+
+def _validation_error(errors: list) -> JSONResponse:
+    """One message in words for the first problem: which field, and what is wrong with it."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return error_response(400, "The request body is not valid JSON.", code="invalid_json")
+    if kind == "extra_forbidden":
+        return error_response(400, f"Unsupported field {where!r}: this server does not implement it, so it "
+                                   "refuses it rather than ignore it.", code="unsupported_field", param=where)
+    if kind == "model_attributes_type" and not where:
+        return error_response(400, "The request body must be a JSON object.", code="invalid_body")
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return error_response(400, f"Invalid request: {where or 'body'}: {message}.", param=where or None)
 
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:

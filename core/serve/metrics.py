@@ -18,9 +18,6 @@ class Metrics:
         self.latency_counts = defaultdict(lambda: [0] * len(LATENCY_BUCKETS))
         self.latency_sum = defaultdict(float)
         self.latency_n = defaultdict(int)
-        self.tokens_generated = 0
-        self.prompt_tokens = 0
-        self.cancelled = 0
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -34,16 +31,8 @@ class Metrics:
             self.latency_sum[endpoint] += seconds
             self.latency_n[endpoint] += 1
 
-    def add_tokens(self, prompt: int, generated: int) -> None:
-        with self._lock:
-            self.prompt_tokens += prompt
-            self.tokens_generated += generated
-
-    def add_cancelled(self) -> None:
-        with self._lock:
-            self.cancelled += 1
-
-    def render(self, models_loaded: int, queue_depth: int) -> str:
+    def render(self, engines) -> str:
+        stats = engines.text.stats
         out = []
 
         def block(name, kind, help_text, samples):
@@ -65,18 +54,30 @@ class Metrics:
                 samples.append(f'mlxq_request_duration_seconds_sum{{endpoint="{endpoint}"}} {self.latency_sum[endpoint]:.6f}')
                 samples.append(f'mlxq_request_duration_seconds_count{{endpoint="{endpoint}"}} {self.latency_n[endpoint]}')
             block("mlxq_request_duration_seconds", "histogram", "Request latency in seconds.", samples)
-            block("mlxq_tokens_generated_total", "counter", "Completion tokens generated.",
-                  [f"mlxq_tokens_generated_total {self.tokens_generated}"])
-            block("mlxq_generations_cancelled_total", "counter", "Generations stopped because the client left.",
-                  [f"mlxq_generations_cancelled_total {self.cancelled}"])
-            block("mlxq_prompt_tokens_total", "counter", "Prompt tokens processed.",
-                  [f"mlxq_prompt_tokens_total {self.prompt_tokens}"])
+        counters = [("mlxq_tokens_generated_total", "Completion tokens generated.", stats.generated_tokens),
+                    ("mlxq_prompt_tokens_total", "Prompt tokens admitted.", stats.prompt_tokens),
+                    ("mlxq_prompt_tokens_cached_total", "Prompt tokens taken from the prompt cache, not computed.",
+                     stats.cached_prompt_tokens),
+                    ("mlxq_generations_cancelled_total", "Generations stopped because the client left.",
+                     stats.cancelled),
+                    ("mlxq_generations_deadline_total", "Generations stopped at their deadline.",
+                     stats.deadline_exceeded),
+                    ("mlxq_batch_steps_total", "Batched decode steps of the text engine.", stats.steps),
+                    ("mlxq_vision_batches_total", "Batched forward passes of the vision lane.",
+                     engines.vision.batches),
+                    ("mlxq_vision_images_total", "Images classified.", engines.vision.images)]
+        for name, help_text, value in counters:
+            block(name, "counter", help_text, [f"{name} {value}"])
         block("mlxq_process_resident_memory_bytes", "gauge", "Resident set size of the server process.",
               [f"mlxq_process_resident_memory_bytes {psutil.Process().memory_info().rss}"])
         block("mlxq_mlx_active_memory_bytes", "gauge", "Memory held by MLX arrays.",
               [f"mlxq_mlx_active_memory_bytes {mx.get_active_memory()}"])
         block("mlxq_mlx_peak_memory_bytes", "gauge", "Peak MLX memory since start.",
               [f"mlxq_mlx_peak_memory_bytes {mx.get_peak_memory()}"])
-        block("mlxq_models_loaded", "gauge", "Models resident in the pool.", [f"mlxq_models_loaded {models_loaded}"])
-        block("mlxq_queue_depth", "gauge", "Jobs waiting for the inference worker.", [f"mlxq_queue_depth {queue_depth}"])
+        gauges = [("mlxq_models_loaded", "Models resident in the pool.", len(engines.pool.loaded())),
+                  ("mlxq_text_running", "Sequences in the text engine's running batches.", stats.running),
+                  ("mlxq_text_waiting", "Text requests waiting to join a batch.", stats.waiting),
+                  ("mlxq_vision_waiting", "Images waiting for the vision lane.", engines.vision.waiting)]
+        for name, help_text, value in gauges:
+            block(name, "gauge", help_text, [f"{name} {value}"])
         return "\n".join(out) + "\n"

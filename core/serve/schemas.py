@@ -1,47 +1,165 @@
-"""Request bodies of the OpenAI-compatible endpoints, as pydantic models (FastAPI validates them)."""
+"""Request bodies of the OpenAI-compatible endpoints, as strict pydantic models: every field is checked for type
+and range, and a field the server does not implement is refused by name (extra="forbid"), never ignored."""
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.deploy.sampling import MAX_TOP_LOGPROBS
+
+MAX_SEED = 2**63 - 1
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: str
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: Union[str, list[TextPart]]
+class ContentPart(Strict):
+    type: str
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_only(self):
+        if self.type != "text" or self.text is None:
+            raise ValueError(f"only text content parts are served here, not {self.type!r}")
+        return self
+
+
+class FunctionCall(Strict):
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str
+
+
+class ToolCall(Strict):
+    id: str = Field(max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(Strict):
+    role: Role
+    content: Union[str, list[ContentPart], None] = None
+    name: str | None = Field(None, max_length=256)
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = Field(None, max_length=256)
+
+    @model_validator(mode="after")
+    def _content_rules(self):
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content (only an assistant's may be null)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
+    def for_template(self) -> dict:
+        """The message as chat templates expect it; 'developer' is the newer name of 'system'."""
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                                 for c in self.tool_calls]
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name:
+            out["name"] = self.name
+        return out
 
-class StreamOptions(BaseModel):
+
+class StreamOptions(Strict):
     include_usage: bool = False
 
 
-class Sampling(BaseModel):
+class JsonSchemaFormat(Strict):
+    name: str = Field("response", max_length=256)
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("type json_schema needs json_schema.schema")
+        return self
+
+
+class FunctionDef(Strict):
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class Tool(Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class Sampling(Strict):
     """What chat and text completions share: the model and how to sample."""
 
-    model_config = ConfigDict(extra="ignore")
-    model: str
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    model: str = Field(max_length=256)
+    max_tokens: int | None = Field(None, ge=0)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: Union[str, list[str], None] = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1, description="only one choice per request")
+    n: int = Field(1, ge=1)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = Field(None, max_length=256)  # the caller's own label for abuse tracking: accepted
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError("n > 1 is not supported: send one request per choice (they are batched together)")
+        return n
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, bias):
+        if bias is not None:
+            if len(bias) > 300:
+                raise ValueError("at most 300 tokens can be biased")
+            for key, value in bias.items():
+                if not key.isdigit() or not -100 <= value <= 100:
+                    raise ValueError("keys are token ids and values lie between -100 and 100")
+        return bias
 
 
 class ChatRequest(Sampling):
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, max_length=256)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Union[Literal["none", "auto", "required"], dict, None] = None
+    parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
 
 class CompletionRequest(Sampling):
-    prompt: Union[str, list[str]]
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool = False

@@ -4,7 +4,7 @@ import pytest
 from mlx_lm.generate import stream_generate
 from mlx_lm.sample_utils import make_sampler
 
-from core.deploy import fastdecode, generate
+from core.deploy import fastdecode, generate, prompts
 from core.errors import LabError
 from core.quant.layers import quantize_model
 from core.quant.spec import QuantSpec
@@ -15,7 +15,7 @@ def _tokens(responses) -> list[int]:
 
 
 def _greedy_pair(model, tokenizer, n=12):
-    prompt = generate.chat_prompt_tokens(tokenizer, [{"role": "user", "content": "Name three colours."}])
+    prompt = prompts.chat_prompt_tokens(tokenizer, [{"role": "user", "content": "Name three colours."}])
     greedy = make_sampler(temp=0.0)
     theirs = list(stream_generate(model, tokenizer, prompt, max_tokens=n, sampler=greedy))
     ours = list(fastdecode.stream_generate(model, tokenizer, prompt, n, greedy))

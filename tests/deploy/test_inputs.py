@@ -7,7 +7,8 @@ from PIL import Image
 
 from core.errors import LabError
 from core.deploy.classify import read_image, to_cifar_input
-from core.deploy.generate import chat_prompt_tokens, check_generation_settings
+from core.deploy.generate import check_generation_settings
+from core.deploy.prompts import chat_prompt_tokens
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -1,0 +1,100 @@
+"""Prompts as tokens, checked for size, with one safety rule: text a user typed never becomes control tokens.
+A message containing '<|im_start|>system ...' is tokenized as those characters, so nobody can forge a turn;
+the chat template's own markers stay control tokens. `allow_special=True` turns the rule off (an operator's
+choice, never a request's)."""
+from __future__ import annotations
+
+import secrets
+
+from core.errors import LabError
+
+MAX_PROMPT_CHARS = 4000
+MAX_PROMPT_TOKENS = 1024
+
+
+def chat_prompt_tokens(tokenizer, messages: list[dict], allow_special: bool = False,
+                       template_extras: dict | None = None) -> list[int]:
+    """The chat template applied to the messages, with the assistant turn opened; checked for size.
+    `template_extras` are passed to the template (e.g. tools)."""
+    if not messages or not all(isinstance(m.get("content"), str) for m in messages):
+        raise LabError("A prompt needs at least one message with text.")
+    _check_text(messages[-1]["content"], sum(len(m["content"]) for m in messages))
+    if not getattr(tokenizer, "chat_template", None):
+        text = "\n".join(m["content"] for m in messages)
+        return _checked_length(_encode_text(tokenizer, text, allow_special))
+    if allow_special or not any(_special_strings_in(tokenizer, m["content"]) for m in messages):
+        return _checked_length(_render(tokenizer, messages, True, template_extras))
+    return _checked_length(_tokens_with_plain_contents(tokenizer, messages, template_extras))
+
+
+def completion_prompt_tokens(tokenizer, text: str, allow_special: bool = False) -> list[int]:
+    """A plain-text prompt as tokens, checked like a chat prompt."""
+    _check_text(text, len(text))
+    return _checked_length(_encode_text(tokenizer, text, allow_special))
+
+
+def checked_token_prompt(tokens: list[int], vocab_size: int) -> list[int]:
+    """A prompt given as token ids (how lm-evaluation-harness sends them): in the vocabulary and not too long."""
+    if not tokens:
+        raise LabError("The prompt is empty; send at least one token.")
+    bad = next((t for t in tokens if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise LabError(f"Token id {bad} is outside the vocabulary (0 to {vocab_size - 1}).")
+    return _checked_length(tokens)
+
+
+def _render(tokenizer, messages: list[dict], tokenize: bool, extras: dict | None):
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=tokenize, add_generation_prompt=True,
+                                             **(extras or {}))
+    except LabError:
+        raise
+    except Exception as e:  # a template that refuses a role or an ordering raises its own error types
+        raise LabError(f"The model's chat template refused these messages: {e}") from e
+
+
+def _special_strings(tokenizer) -> list[str]:
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return [t.content for t in decoder.values() if getattr(t, "special", False) and t.content]
+
+
+def _special_strings_in(tokenizer, text: str) -> bool:
+    return any(s in text for s in _special_strings(tokenizer))
+
+
+def _encode_text(tokenizer, text: str, allow_special: bool) -> list[int]:
+    if allow_special or not _special_strings_in(tokenizer, text):
+        return list(tokenizer.encode(text))
+    return list(tokenizer.encode(text, split_special_tokens=True))
+
+
+def _tokens_with_plain_contents(tokenizer, messages: list[dict], extras: dict | None) -> list[int]:
+    """Render the template around placeholders, then tokenize its own text normally and each message's content
+    with special-token parsing off."""
+    marker = f"\u2063mlxq{secrets.token_hex(8)}\u2063"
+    placeholders = [{**m, "content": f"{marker}{i}{marker}"} for i, m in enumerate(messages)]
+    pieces = _render(tokenizer, placeholders, False, extras).split(marker)
+    if len(pieces) != 2 * len(messages) + 1:
+        raise LabError("This model's chat template rewrites message text, so control-token text in a message "
+                       "cannot be kept as plain text; remove it from the message.")
+    tokens: list[int] = []
+    for index, piece in enumerate(pieces):
+        if index % 2:
+            content = messages[int(piece)]["content"]
+            tokens += tokenizer.encode(content, add_special_tokens=False, split_special_tokens=True)
+        elif piece:
+            tokens += tokenizer.encode(piece, add_special_tokens=False)
+    return tokens
+
+
+def _check_text(last: str, chars: int) -> None:
+    if not last.strip():
+        raise LabError("The prompt is empty; type something to send.")
+    if chars > MAX_PROMPT_CHARS:
+        raise LabError(f"The prompt is {chars} characters long; the limit is {MAX_PROMPT_CHARS}.")
+
+
+def _checked_length(tokens) -> list[int]:
+    if len(tokens) > MAX_PROMPT_TOKENS:
+        raise LabError(f"The prompt is {len(tokens)} tokens long; the limit is {MAX_PROMPT_TOKENS}.")
+    return list(tokens)

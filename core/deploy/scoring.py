@@ -1,0 +1,61 @@
+"""Scoring text a model did not generate: the log-probability of every prompt token given the ones before it
+(what `echo` with `logprobs` returns, and how lm-evaluation-harness scores log-likelihoods), and the text and
+exact bytes of a token for the API's log-probability payloads."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import mlx.core as mx
+
+from core.deploy.sampling import TokenLogprob
+
+
+def score_prompt(model, tokens: list[int], top: int = 0) -> list[TokenLogprob | None]:
+    """One forward pass over `tokens`; entry i is token i's log-probability (in float32) given tokens before it,
+    with the `top` most likely alternatives. Entry 0 is None: nothing predicts the first token."""
+    if len(tokens) < 2:
+        return [None] * len(tokens)
+    logits = model(mx.array(tokens)[None])[0, :-1].astype(mx.float32)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    targets = mx.array(tokens[1:])
+    chosen = mx.take_along_axis(logprobs, targets[:, None], axis=-1)[:, 0]
+    tops: list = [()] * (len(tokens) - 1)
+    if top > 0:
+        best = mx.argpartition(-logprobs, top - 1, axis=-1)[:, :top]
+        values = mx.take_along_axis(logprobs, best, axis=-1)
+        order = mx.argsort(-values, axis=-1)
+        best, values = mx.take_along_axis(best, order, axis=-1), mx.take_along_axis(values, order, axis=-1)
+        tops = [tuple(zip(ids, vals)) for ids, vals in zip(best.tolist(), values.tolist())]
+    return [None, *(TokenLogprob(t, lp, tp) for t, lp, tp in zip(tokens[1:], chosen.tolist(), tops))]
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """The byte-level BPE alphabet (GPT-2's): each byte is written as one printable character."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+class TokenNames:
+    """Token id -> (text, bytes): the exact bytes of byte-level BPE tokens (a token can hold part of a
+    character), the decoded text otherwise."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.name = lru_cache(maxsize=65536)(self._name)
+
+    def _name(self, token: int) -> tuple[str, bytes]:
+        piece = self.tokenizer.convert_ids_to_tokens(int(token))
+        decoder = _byte_decoder()
+        if isinstance(piece, str) and piece and all(c in decoder for c in piece):
+            raw = bytes(decoder[c] for c in piece)
+            return raw.decode("utf-8", errors="replace"), raw
+        text = self.tokenizer.decode([int(token)])
+        return text, text.encode("utf-8")

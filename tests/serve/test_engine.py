@@ -1,0 +1,183 @@
+"""The serving engine through a real server on loopback: continuous batching (answers equal the sequential ones,
+clients that leave free their place), admission control (429 past the queue bound, deadlines), the vision lane
+under text load, and a soak."""
+import io
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, api_server, needs_mirror
+
+pytestmark = needs_mirror
+LM = "smollm2-135m-instruct@fp"
+IMG = "resnet20@q8"
+MAX_BATCH, MAX_QUEUE = 8, 4
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with api_server(["--models", f"{LM},{IMG}", "--max-batch", str(MAX_BATCH), "--max-queue", str(MAX_QUEUE)],
+                    tmp_path_factory.mktemp("engine")) as url:
+        yield url
+
+
+def metric(server: str, name: str) -> float:
+    text = httpx.get(f"{server}/metrics", timeout=30).text
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+def wait_until_idle(server: str, cancelled_at_least: float = 0, timeout_s: float = 60) -> None:
+    """Bounded wait for the engine to have no running or waiting work (and the cancellations counted)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if (metric(server, "mlxq_text_running") == 0 and metric(server, "mlxq_text_waiting") == 0
+                and metric(server, "mlxq_generations_cancelled_total") >= cancelled_at_least):
+            return
+        time.sleep(0.2)
+    pytest.fail("the text engine still has work after its clients left")
+
+
+def stream_chat(server: str, prompt: str, max_tokens: int, leave_after_events: int | None = None,
+                **extra) -> str | None:
+    """The streamed answer's text; None when the client left after `leave_after_events` events."""
+    body = {"model": LM, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True, **extra}
+    text, events = "", 0
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=300) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            events += 1
+            if leave_after_events is not None and events > leave_after_events:
+                return None
+            chunk = json.loads(line[len("data: "):])
+            if chunk["choices"]:
+                text += chunk["choices"][0]["delta"].get("content") or ""
+    return text
+
+
+def test_eight_streams_of_which_four_leave_mid_stream(server):
+    stayers = [f"Name {n} animals." for n in (2, 3, 4, 5)]
+    sequential = [stream_chat(server, p, 24) for p in stayers]
+    cancelled = metric(server, "mlxq_generations_cancelled_total")
+    with ThreadPoolExecutor(8) as pool:
+        stay = [pool.submit(stream_chat, server, p, 24) for p in stayers]
+        leave = [pool.submit(stream_chat, server, "Write a long story.", 400, 3) for _ in range(4)]
+        assert [f.result() for f in leave] == [None] * 4
+        together = [f.result() for f in stay]
+    assert together == sequential  # greedy answers inside a batch are exactly the answers alone
+    wait_until_idle(server, cancelled + 4)
+    assert metric(server, "mlxq_generations_cancelled_total") == cancelled + 4
+
+
+def test_seeded_sampling_is_reproducible_inside_a_batch(server):
+    def sample(seed: int) -> str:
+        r = httpx.post(f"{server}/v1/completions", timeout=300, json={
+            "model": LM, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 1.0, "seed": seed})
+        return r.json()["choices"][0]["text"]
+
+    alone = [sample(s) for s in (1, 2, 3)]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(sample, (1, 2, 3, 1, 2, 3)))
+    assert together == alone * 2 and len(set(alone)) == 3
+
+
+def test_a_full_queue_gets_429_and_the_server_stays_responsive(server):
+    def ask(i: int) -> httpx.Response:
+        return httpx.post(f"{server}/v1/completions", timeout=300, json={
+            "model": LM, "prompt": f"Count from {i}:", "max_tokens": 48, "temperature": 0})
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = [pool.submit(ask, i) for i in range(16)]
+        time.sleep(1.0)
+        start = time.monotonic()
+        health = httpx.get(f"{server}/health", timeout=30)
+        health_s = time.monotonic() - start
+        answers = [f.result() for f in answers]
+    refused = [r for r in answers if r.status_code == 429]
+    assert health.status_code == 200 and health_s < 2.0
+    assert len(refused) >= 1 and all(r.status_code in (200, 429) for r in answers)
+    assert len(answers) - len(refused) >= MAX_BATCH  # the batch itself was never refused
+    for r in refused:
+        assert r.headers["retry-after"] == "1"
+        error = r.json()["error"]
+        assert error["type"] == "rate_limit_error" and error["code"] == "queue_full" and "limit is 4 waiting" in error["message"]
+    wait_until_idle(server)
+
+
+def test_a_non_streaming_client_that_leaves_frees_its_slot(server):
+    cancelled = metric(server, "mlxq_generations_cancelled_total")
+    body = {"model": LM, "prompt": "Write a long story.", "max_tokens": 500, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server}/v1/completions", json=body, timeout=httpx.Timeout(60, read=2.0))
+    wait_until_idle(server, cancelled + 1, timeout_s=30)  # 500 tokens would take far longer than this
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def classify(server: str, image: bytes) -> float:
+    start = time.perf_counter()
+    r = httpx.post(f"{server}/v1/classify", data={"model": IMG}, files={"file": ("a.png", image, "image/png")},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    return time.perf_counter() - start
+
+
+def test_images_that_arrive_together_are_classified_in_batches(server):
+    image = png_bytes(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    classify(server, image)  # warm-up
+    batches, images = metric(server, "mlxq_vision_batches_total"), metric(server, "mlxq_vision_images_total")
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda _: classify(server, image), range(48)))
+    assert metric(server, "mlxq_vision_images_total") == images + 48
+    assert metric(server, "mlxq_vision_batches_total") - batches < 48  # some arrived together
+
+
+def test_classification_does_not_wait_behind_text_generation(server):
+    """The vision lane's latency while four clients stream; the bound is loose (a 2-core CI machine), the
+    measured ratio is in the bench report."""
+    image = png_bytes(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    idle = sorted(classify(server, image) for _ in range(10))[5]
+    with ThreadPoolExecutor(5) as pool:
+        streams = [pool.submit(stream_chat, server, "Tell me about the sea.", 48) for _ in range(4)]
+        time.sleep(1.0)
+        loaded = sorted(classify(server, image) for _ in range(10))
+        assert all(s.result() for s in streams)
+    assert loaded[5] < max(20 * idle, 1.0), (idle, loaded)  # never behind a 48-token answer (seconds here)
+
+
+def test_a_request_past_its_deadline_is_408(tmp_path):
+    with api_server(["--models", LM, "--request-timeout", "1"], tmp_path) as url:
+        start = time.monotonic()
+        r = httpx.post(f"{url}/v1/completions", timeout=120, json={
+            "model": LM, "prompt": "Write a long story.", "max_tokens": 500, "temperature": 0})
+        assert r.status_code == 408 and r.json()["error"]["code"] == "deadline_exceeded"
+        assert time.monotonic() - start < 30
+        assert metric(url, "mlxq_generations_deadline_total") == 1
+        ok = httpx.post(f"{url}/v1/completions", timeout=120, json={"model": LM, "prompt": "Hi", "max_tokens": 2})
+        assert ok.status_code == 200
+
+
+def test_a_soak_of_mixed_requests_does_not_grow_memory(server):
+    from core.serve.loadtest import run_load
+
+    run_load(server, LM, IMG, clients=8, requests=300, chat_every=6, max_tokens=4)  # warm-up
+    report = run_load(server, LM, IMG, clients=8, requests=2000, chat_every=8, max_tokens=4, timeout_s=900)
+    out = REPO / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    (out / "soak_test.json").write_text(json.dumps(report.as_dict(), indent=2))
+    assert report.requests == 2000 and report.errors == 0
+    growth = report.rss_after_bytes / report.rss_before_bytes - 1
+    assert growth < 0.05, f"RSS grew {growth:.1%} over 2000 requests"
+    wait_until_idle(server)
