@@ -30,7 +30,7 @@ def score_prompt(model, tokens: list[int], top: int = 0) -> list[TokenLogprob | 
 
 
 @lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
+def byte_decoder() -> dict[str, int]:
     """The byte-level BPE alphabet (GPT-2's): each byte is written as one printable character."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars, extra = {}, 0
@@ -53,7 +53,7 @@ class TokenNames:
 
     def _name(self, token: int) -> tuple[str, bytes]:
         piece = self.tokenizer.convert_ids_to_tokens(int(token))
-        decoder = _byte_decoder()
+        decoder = byte_decoder()
         if isinstance(piece, str) and piece and all(c in decoder for c in piece):
             raw = bytes(decoder[c] for c in piece)
             return raw.decode("utf-8", errors="replace"), raw

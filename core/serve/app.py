@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.deploy.classify import MAX_UPLOAD_BYTES
+from core.deploy.constrained import IndexCache
 from core.deploy.generate import MAX_NEW_TOKENS
 from core.deploy.ids import parse_model_id
 from core.errors import LabError
@@ -88,6 +89,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="MLX Quant Lab API", version="1", lifespan=lifespan)
     app.state.settings, app.state.engines, app.state.metrics = settings, engines, Metrics()
     app.state.token_names = {}
+    app.state.json_indexes = IndexCache()
     _add_error_handlers(app)
     app.include_router(routes.router)
     app.include_router(completions.router)

@@ -1,7 +1,8 @@
 """POST /v1/chat/completions and /v1/completions on the continuous-batching text engine: requests checked,
 tokenized on the engine thread (where models load), submitted with their own sampling settings, answered whole
 or as server-sent events. A client that goes away, streaming or not, frees its place in the batch at the next
-step. Prompt scoring (`echo` with `logprobs`, `max_tokens` 0) runs between steps too."""
+step. Prompt scoring (`echo` with `logprobs`, `max_tokens` 0) runs between steps too; a JSON response_format is
+enforced by constrained decoding (core.deploy.constrained)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,6 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from core.deploy import prompts, scoring
 from core.deploy.batching import QueueFull
+from core.deploy.constrained import JsonConstraint, SchemaError
 from core.deploy.streams import Failed, Finished, Handle, Text, TextRequest
 from core.serve import openai, tools
 from core.serve.openai import ApiError
@@ -123,7 +125,7 @@ async def chat(body: ChatRequest, request: Request):
     deployed, prompt = await _on_engine(request, prepare)
     top = (body.top_logprobs or 0) if body.logprobs else None
     text_request = TextRequest(model_id, prompt, params.max_tokens, params.sampling, params.stop, top,
-                               _deadline(request))
+                               _deadline(request), await _constraints(request, deployed.tokenizer, body))
     names = _names(request, model_id, deployed.tokenizer).name
     completion = openai.Completion.new(model_id, chat=True)
     if body.stream:
@@ -134,6 +136,17 @@ async def chat(body: ChatRequest, request: Request):
     finish = "tool_calls" if calls else outcome.end.reason
     logprobs = openai.chat_logprobs(outcome.logprobs, names) if top is not None else None
     return completion.whole(text, finish, _usage(outcome.end), logprobs, calls)
+
+
+async def _constraints(request: Request, tokenizer, body: ChatRequest) -> tuple:
+    """The logits processor that enforces a JSON response_format (its index built off the event loop)."""
+    if not tools.wants_json(body):
+        return ()
+    try:
+        index = await asyncio.to_thread(request.app.state.json_indexes.index, tokenizer, tools.json_schema(body))
+    except SchemaError as e:
+        raise ApiError(400, str(e), param="response_format") from e
+    return (JsonConstraint(index, tokenizer.eos_token_id),)
 
 
 def _usage(end: Finished) -> dict:

@@ -1,5 +1,6 @@
 """Tool calling and response formats on the chat endpoint: what a model's chat template can serve, the template
-arguments for it, and tool calls parsed out of the answer with mlx-lm's parser for the model. A request for
+arguments for it, tool calls parsed out of the answer with mlx-lm's parser for the model, and the JSON schema
+a response_format asks for (enforced by core.deploy.constrained). A request for
 something the model or the server cannot do gets a 400 that says so, never a silent plain answer."""
 from __future__ import annotations
 
@@ -19,9 +20,19 @@ def refuse_unserved(body: ChatRequest) -> None:
     if body.tool_choice not in (None, "auto", "none"):
         raise ApiError(400, "tool_choice 'required' and named functions are not supported; use 'auto' or 'none'.",
                        param="tool_choice")
-    if body.response_format is not None and body.response_format.type != "text":
-        raise ApiError(400, f"response_format {body.response_format.type!r} is not supported by this server yet; "
-                            "ask for JSON in the prompt instead.", param="response_format")
+    if body.tools and wants_json(body):
+        raise ApiError(400, "Send either tools or a JSON response_format, not both.", param="response_format")
+
+
+def wants_json(body: ChatRequest) -> bool:
+    return body.response_format is not None and body.response_format.type != "text"
+
+
+def json_schema(body: ChatRequest) -> dict | None:
+    """The schema the answer must follow; None for any JSON object (type json_object)."""
+    if body.response_format.type == "json_schema":
+        return body.response_format.json_schema.schema_
+    return None
 
 
 def template_extras(tokenizer, body: ChatRequest) -> dict:
