@@ -316,7 +316,8 @@ def test_playground_chat_answers_from_both_models(page, server):
         prompt = page.get_by_test_id("stChatInputTextArea")
         prompt.fill("What is the capital of France?")
         prompt.press("Enter")
-        expect(page.get_by_text("Both models decode in turns")).to_be_visible(timeout=CHAT_S * 1000)
+        expect(page.get_by_text("Both models decode on the server's continuous-batching engine")).to_be_visible(
+            timeout=CHAT_S * 1000)
         answers = page.get_by_test_id("stMarkdownContainer").filter(has_text="Paris")
         expect(answers).to_have_count(2)
         expect(page.get_by_text(re.compile(r"^8 tokens, .* tokens/s"))).to_have_count(2)  # the slider took
