@@ -21,6 +21,7 @@ from typing import Callable
 
 import mlx.core as mx
 
+from core import runtime
 from core.deploy.sampling import processors_for, sampler_for, token_logprob
 from core.deploy.streams import Failed, Handle, LiveRequest, TextRequest
 from core.errors import LabError
@@ -66,6 +67,7 @@ class TextEngine:
         self.get_model, self.max_batch, self.max_queue, self.give_way = get_model, max_batch, max_queue, give_way
         self.prompt_cache = LRUPromptCache(max_size=PROMPT_CACHE_ENTRIES, max_bytes=PROMPT_CACHE_BYTES)
         self.stats = EngineStats()
+        self._idle_release_due = False  # a batch has ended since memory was last given back
         self._waiting: deque[tuple[TextRequest, Handle, float]] = deque()
         self._calls: deque[tuple[Callable, Future]] = deque()
         self._batches: dict[str, _Batch] = {}
@@ -110,6 +112,10 @@ class TextEngine:
         while True:
             with self._wake:
                 while not (self._stopping or self._waiting or self._calls or self._batches):
+                    if self._idle_release_due:  # gone idle after work: memory back to what is held
+                        self._idle_release_due = False
+                        runtime.release_free_memory()
+                        continue
                     self._wake.wait()
                 if self._stopping:
                     return
@@ -200,6 +206,7 @@ class TextEngine:
             batch.generator.close()
             del self._batches[model_id]
             mx.clear_cache()
+            self._idle_release_due = True
 
     def _deliver(self, batch: _Batch, response) -> None:
         live = batch.live.get(response.uid)

@@ -72,6 +72,8 @@ class Metrics:
               [f"mlxq_process_resident_memory_bytes {psutil.Process().memory_info().rss}"])
         block("mlxq_mlx_active_memory_bytes", "gauge", "Memory held by MLX arrays.",
               [f"mlxq_mlx_active_memory_bytes {mx.get_active_memory()}"])
+        block("mlxq_mlx_cache_memory_bytes", "gauge", "Freed MLX buffers kept for reuse.",
+              [f"mlxq_mlx_cache_memory_bytes {mx.get_cache_memory()}"])
         block("mlxq_mlx_peak_memory_bytes", "gauge", "Peak MLX memory since start.",
               [f"mlxq_mlx_peak_memory_bytes {mx.get_peak_memory()}"])
         gauges = [("mlxq_models_loaded", "Models resident in the pool.", len(engines.pool.loaded())),
