@@ -1,2 +1,3 @@
-"""Quantized models as they are used: by id for the playground and the API, how they answer (generation,
-classification), and as folders other tools load (export)."""
+"""Quantized models as they are used: by id for the playground and the API, the engines that run them
+(continuous batching for text, the vision lane, the model pool), prompts, sampling, scoring and constrained
+decoding, and folders other tools load (export)."""
