@@ -79,6 +79,8 @@ class Metrics:
         gauges = [("mlxq_models_loaded", "Models resident in the pool.", len(engines.pool.loaded())),
                   ("mlxq_text_running", "Sequences in the text engine's running batches.", stats.running),
                   ("mlxq_text_waiting", "Text requests waiting to join a batch.", stats.waiting),
+                  ("mlxq_prompt_cache_bytes", "KV caches kept for prompt-prefix reuse (bounded).",
+                   engines.text.prompt_cache.nbytes),
                   ("mlxq_vision_waiting", "Images waiting for the vision lane.", engines.vision.waiting)]
         for name, help_text, value in gauges:
             block(name, "gauge", help_text, [f"{name} {value}"])
