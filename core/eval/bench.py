@@ -306,9 +306,10 @@ def _number(value: float) -> str:
 
 def serving() -> list[BenchRow]:
     """The project's server against mlx_lm.server (core.eval.serving_bench)."""
-    from core.eval.serving_bench import serving_speed
+    from core.eval.serving_bench import GPU_LM_ROUNDS, LM_ROUNDS, serving_speed
 
-    return [BenchRow(*row) for row in serving_speed()]
+    rounds = LM_ROUNDS if runtime.backend() == "cpu" else GPU_LM_ROUNDS
+    return [BenchRow(*row) for row in serving_speed(rounds, bandwidth=_bandwidth())]
 
 
 SECTIONS = {"resnet": resnet_eval_speed, "ppl": ppl_eval_speed, "decode": decode_speed, "llama-cpp": llama_cpp_peer,

@@ -66,14 +66,14 @@ def running_server(command: list[str], log: Path, ready_path: str = "/health", t
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             if proc.poll() is not None:
-                raise LabError(f"{' '.join(command)} exited at start-up; see {log}.")
+                raise LabError(f"{' '.join(command)} exited at start-up; its log ends: {_tail(log)}")
             try:
                 if httpx.get(url + ready_path, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
         else:
-            raise LabError(f"{' '.join(command)} did not answer within {timeout_s:.0f} s; see {log}.")
+            raise LabError(f"{' '.join(command)} did not answer within {timeout_s:.0f} s; its log ends: {_tail(log)}")
         yield url
     finally:
         proc.terminate()
@@ -81,6 +81,11 @@ def running_server(command: list[str], log: Path, ready_path: str = "/health", t
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _tail(log: Path, lines: int = 8) -> str:
+    """The last lines of a server's log, for an error that outlives the temporary folder the log is in."""
+    return " | ".join(log.read_text(errors="replace").strip().splitlines()[-lines:])
 
 
 def stream_one(url: str, model: str, prompt: str, max_tokens: int) -> StreamStats:
@@ -169,23 +174,32 @@ def export_for_peer(model_id: str, folder: Path) -> Path:
 
 
 LM_ROUNDS = (("smollm2-135m-instruct@q4g64", (1, 4, 16)), ("smollm2-135m-instruct@fp", (1, 16)))
+GPU_LM_ROUNDS = (("smollm2-135m-instruct@q4g64", (1, 16, 64)), ("smollm2-135m-instruct@fp", (1, 16, 64)))
+
+
+def weights_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
 
 
 def serving_speed(lm_rounds=LM_ROUNDS, image_model: str | None = None, max_tokens: int = 64,
-                  classify_n: int = 40) -> list[tuple]:
+                  classify_n: int = 40, bandwidth: float | None = None) -> list[tuple]:
     """Bench rows (section, subject, variant, value, unit, note): for each model and concurrency, tokens/s,
-    TTFT and ITL of both servers (mlx_lm.server on the lab's export of that model); classify idle and while
-    four clients stream."""
+    TTFT and ITL of both servers (mlx_lm.server on the lab's export of that model), next to the memory-bandwidth
+    ceiling when `bandwidth` (bytes/s) is known; classify idle and while four clients stream.
+    Both servers may decode as many sequences together as the most clients of any round."""
     from core.models.registry import default_vision_model
 
     image_model = image_model or f"{default_vision_model()}@q8"
     rows: list[tuple] = []
     served = ",".join([*(m for m, _ in lm_rounds), image_model])
+    slots = str(max(c for _, rounds in lm_rounds for c in rounds))
+    ours_cmd = [sys.executable, "-m", "core", "serve", "--models", served, "--max-batch", slots]
     with tempfile.TemporaryDirectory(prefix="mlxq-serving-") as tmp, \
-            running_server([sys.executable, "-m", "core", "serve", "--models", served], Path(tmp) / "ours.log") as ours:
+            running_server(ours_cmd, Path(tmp) / "ours.log") as ours:
         for model_id, concurrency in lm_rounds:
             folder = export_for_peer(model_id, Path(tmp) / model_id.replace("@", "-"))
-            peer_cmd = [sys.executable, "-m", "mlx_lm.server", "--model", str(folder), "--log-level", "WARNING"]
+            peer_cmd = [sys.executable, "-m", "mlx_lm.server", "--model", str(folder), "--log-level", "WARNING",
+                        "--decode-concurrency", slots]
             with running_server(peer_cmd, Path(tmp) / "peer.log", ready_path="/v1/models") as peer:
                 for url, model in ((ours, model_id), (peer, "default_model")):
                     stream_one(url, model, PROMPTS[0], 8)  # warm-up: loads, kernels
@@ -200,6 +214,12 @@ def serving_speed(lm_rounds=LM_ROUNDS, image_model: str | None = None, max_token
                                      f"{r.wall_s:.1f} s, greedy, {max_tokens} max"))
                     rows.append(("serving", f"{model_id} {clients} streams", "project / mlx_lm.server",
                                  speeds["project", clients] / speeds["mlx_lm.server", clients], "x", "aggregate tokens/s"))
+                    if bandwidth:
+                        size = weights_bytes(folder)
+                        rows.append(("serving", f"{model_id} {clients} streams", "memory-bandwidth ceiling",
+                                     clients * bandwidth / size, "tokens/s",
+                                     f"{clients} x {bandwidth / 1e12:.1f} TB/s / {size / 1e6:,.0f} MB of weights "
+                                     "(one read of the weights per step; KV-cache reads left out)"))
                 most = max(concurrency)
                 rows.append(("serving", f"{model_id} {most} streams / 1 stream", "project",
                              speeds["project", most] / speeds["project", min(concurrency)], "x",
