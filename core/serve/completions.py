@@ -43,11 +43,21 @@ async def _on_engine(request: Request, fn):
     return await asyncio.wrap_future(_engines(request).text.call(fn))
 
 
-def _language_model(request: Request, model_id: str):
+def _language_model(request: Request, model_id: str, sampling=None):
     deployed = _engines(request).pool.get(model_id)
     if deployed.tokenizer is None:
         raise ApiError(400, f"{model_id} is an image classifier; use /v1/classify.", param="model")
+    if sampling is not None and sampling.logit_bias:
+        _check_bias(sampling.logit_bias, len(deployed.tokenizer), model_id)
     return deployed
+
+
+def _check_bias(bias: dict[int, float], vocabulary: int, model_id: str) -> None:
+    """mlx-lm indexes the logits with the biased ids unchecked: an id past the vocabulary must stop here."""
+    largest = max(bias)
+    if largest >= vocabulary:
+        raise ApiError(400, f"logit_bias names token {largest}, but {model_id} has {vocabulary} tokens "
+                            f"(ids 0 to {vocabulary - 1}).", param="logit_bias")
 
 
 def _names(request: Request, model_id: str, tokenizer) -> scoring.TokenNames:
@@ -117,7 +127,7 @@ async def chat(body: ChatRequest, request: Request):
     messages = [m.for_template() for m in body.messages]
 
     def prepare():
-        deployed = _language_model(request, model_id)
+        deployed = _language_model(request, model_id, params.sampling)
         extras = tools.template_extras(deployed.tokenizer, body)
         tokens = prompts.chat_prompt_tokens(deployed.tokenizer, messages, settings.allow_special_tokens, extras)
         return deployed, tokens
@@ -212,7 +222,7 @@ async def completions(body: CompletionRequest, request: Request):
     top = body.logprobs
 
     def prepare():
-        deployed = _language_model(request, model_id)
+        deployed = _language_model(request, model_id, params.sampling)
         tokenizer = deployed.tokenizer
         token_lists = [prompts.checked_token_prompt(p, len(tokenizer)) if isinstance(p, list)
                        else prompts.completion_prompt_tokens(tokenizer, p, settings.allow_special_tokens)

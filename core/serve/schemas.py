@@ -137,7 +137,8 @@ class Sampling(Strict):
             if len(bias) > 300:
                 raise ValueError("at most 300 tokens can be biased")
             for key, value in bias.items():
-                if not key.isdigit() or not -100 <= value <= 100:
+                # ASCII digits only: str.isdigit also accepts other scripts' digits, which int() then refuses
+                if not (key.isascii() and key.isdigit() and len(key) <= 9) or not -100 <= value <= 100:
                     raise ValueError("keys are token ids and values lie between -100 and 100")
         return bias
 

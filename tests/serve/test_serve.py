@@ -71,6 +71,22 @@ def test_streaming_chat_matches_the_non_streaming_answer(client):
     assert chunks[-1].usage.completion_tokens == 10 or chunks[-2].choices[0].finish_reason == "stop"
 
 
+def test_logit_bias_is_applied_and_checked_on_completions(server, client, smollm2):
+    import mlx.core as mx
+
+    model, tokenizer = smollm2
+    prompt = tokenizer.encode("1, 2, 3, 4,")
+    first = int(model(mx.array([prompt]))[0, -1].argmax().item())  # the greedy first token, here
+    plain, banned = (client.completions.create(model=LM, prompt=prompt, max_tokens=1, temperature=0, logprobs=0,
+                                               logit_bias=bias).choices[0].logprobs.tokens[0]
+                     for bias in (None, {str(first): -100}))
+    assert plain == tokenizer.decode([first]) and banned != plain
+    r = httpx.post(f"{server}/v1/completions", headers=auth(), timeout=60,
+                   json={"model": LM, "prompt": "hi", "max_tokens": 2, "logit_bias": {str(len(tokenizer)): 1}})
+    assert r.status_code == 400 and f"logit_bias names token {len(tokenizer)}" in r.json()["error"]["message"]
+    assert client.completions.create(model=LM, prompt="hi", max_tokens=1).choices[0].text  # still serving
+
+
 def test_completions_stop_and_seed(client):
     r = client.completions.create(model=LM, prompt="1, 2, 3, 4,", max_tokens=12, temperature=0, stop=[" 7"])
     assert r.choices[0].text.strip().startswith("5, 6") and "7" not in r.choices[0].text
@@ -114,6 +130,11 @@ def test_classify_an_image(server):
     (dict(json={"model": LM, "messages": [{"role": "user", "content": "word " * 1500}]}), 400, "limit"),
     (dict(json={"model": LM, "messages": [{"role": "user", "content": ""}]}), 400, "empty"),
     (dict(json={"model": LM, "messages": [{"role": "user", "content": "x" * 2_000_000}]}), 413, "larger than"),
+    # an id past the vocabulary would index the logits out of bounds inside mlx-lm's logit-bias processor
+    (dict(json={"model": LM, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"49152": 5}}), 400,
+     "has 49152 tokens"),
+    (dict(json={"model": LM, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"\u0665": 5}}), 400,
+     "token ids"),
 ])
 def test_bad_chat_requests_get_openai_style_errors(server, request_kwargs, status, fragment):
     headers = {**auth(), **request_kwargs.pop("headers", {})}
