@@ -217,6 +217,9 @@ class TextEngine:
         self.stats.generated_tokens += 1
         reason = live.on_token(response.token, logprob, response.finish_reason)
         if response.finish_reason is not None and response.prompt_cache is not None:
+            # The extracted cache is a lazy copy of one row of the batch's KV arrays: until evaluated it keeps the
+            # whole batch's arrays alive, many times the bytes the prompt cache counts for it.
+            mx.eval([c.state for c in response.prompt_cache])
             self.prompt_cache.insert_cache(live.request.model_id, list(response.all_tokens), response.prompt_cache)
         if reason is not None:
             if response.finish_reason is None:  # ended by a stop string: take it out of the batch

@@ -25,6 +25,7 @@ from core.deploy.generate import MAX_NEW_TOKENS
 from core.deploy.ids import parse_model_id
 from core.errors import LabError
 from core.models.registry import default_vision_model
+from core import runtime
 from core.runtime import resolve_dtype
 from core.serve import completions, routes
 from core.deploy.engines import Engines, ModelPool, UnknownModel
@@ -225,7 +226,11 @@ def _validation_error(errors: list) -> JSONResponse:
     return error_response(400, f"Invalid request: {where or 'body'}: {message}.", param=where or None)
 
 
+SERVER_HEAP_ARENAS = 2
+
+
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
+    runtime.bound_heap_arenas(SERVER_HEAP_ARENAS)  # before the server's threads start
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_keep_alive=5)

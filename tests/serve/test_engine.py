@@ -77,6 +77,21 @@ def test_eight_streams_of_which_four_leave_mid_stream(server):
     assert metric(server, "mlxq_generations_cancelled_total") == cancelled + 4
 
 
+def test_the_prompt_cache_holds_no_more_than_it_counts(server):
+    """A finished sequence's KV cache is a slice of its batch's arrays; kept unevaluated it pinned the whole
+    batch's arrays (hundreds of MB here) while the prompt cache counted one row."""
+    def held() -> float:  # MLX memory beyond the prompt cache, once idle
+        wait_until_idle(server)
+        return metric(server, "mlxq_mlx_active_memory_bytes") - metric(server, "mlxq_prompt_cache_bytes")
+
+    stream_chat(server, "Hello.", 2)  # the model is loaded and the cache has entries
+    before = held()
+    prompts = [f"Describe the number {n} in {n * 3} words. " + "Please. " * (10 * n) for n in range(1, 9)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: stream_chat(server, prompts[i], 4 + 6 * i), range(8)))
+    assert held() - before < 16e6, "memory outside the prompt cache grew after a batch"
+
+
 def test_seeded_sampling_is_reproducible_inside_a_batch(server):
     def sample(seed: int) -> str:
         r = httpx.post(f"{server}/v1/completions", timeout=300, json={
