@@ -145,8 +145,11 @@ def _folder_bytes(folder: Path) -> int:
 def _layer_entry(module: nn.Module, why_kept: str | None) -> dict:
     """How one weight layer is stored: its quantization, or that it is kept in full precision (and why)."""
     entry = {"type": type(module).__name__}
+    # the lab's layers hold the same arrays as MLX's; they differ only in output dtype or kernel choice
     if isinstance(module, ExactQuantizedEmbedding):
-        entry["type"] = "QuantizedEmbedding"  # the same arrays as MLX's layer; only the output dtype differs
+        entry["type"] = "QuantizedEmbedding"
+    elif isinstance(module, nn.QuantizedLinear):
+        entry["type"] = "QuantizedLinear"
     if not hasattr(module, "bits"):
         return {**entry, "quantized": False, "dtype": str(module.weight.dtype).removeprefix("mlx.core."),
                 "reason": why_kept or "not a quantizable layer"}

@@ -11,6 +11,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from core.errors import LabError
 from core.models import resnet
 from core.quant.conv import QuantizedConv2d
+from core.quant.kernels import AdaptiveQuantizedLinear, use_measured_kernels
 from core.quant.layers import WEIGHT_LAYERS, ExactQuantizedEmbedding
 from core.runtime import DTYPES
 
@@ -42,8 +43,9 @@ def load_exported(folder: Path) -> tuple[nn.Module, object | None]:
     """(model, tokenizer or None) from an export folder, holding exactly the arrays that were written.
 
     ResNets are rebuilt from model.safetensors and quantization.json alone. Language models load through
-    mlx_lm.load; the quantized embedding is then swapped for the project's float32-exact one (the same arrays),
-    so the reloaded model computes exactly what the evaluated model computed."""
+    mlx_lm.load; the quantized layers are then swapped for the project's own over the same arrays (the float32-exact
+    embedding, linear layers that choose their kernel by rows), so the reloaded model computes exactly what the
+    deployed model computes."""
     folder = Path(folder)
     meta = read_metadata(folder)
     if meta is None:
@@ -74,7 +76,7 @@ def _load_vision(folder: Path, meta: dict) -> nn.Module:
         raise LabError(f"{folder}/model.safetensors does not match quantization.json: {cause}") from cause
     mx.eval(model.parameters())
     model.eval()
-    return model
+    return use_measured_kernels(model)
 
 
 def _quantized_layer(path: str, entry: dict, float_layer: nn.Module, weights: dict) -> nn.Module:
@@ -91,8 +93,8 @@ def _quantized_layer(path: str, entry: dict, float_layer: nn.Module, weights: di
         return layer
     if entry["type"] == "QuantizedLinear":
         out_dims, in_dims = float_layer.weight.shape
-        return nn.QuantizedLinear(in_dims, out_dims, bias="bias" in float_layer, group_size=entry["group_size"],
-                                  bits=entry["bits"], mode=entry["mode"])
+        return AdaptiveQuantizedLinear(in_dims, out_dims, bias="bias" in float_layer,
+                                       group_size=entry["group_size"], bits=entry["bits"], mode=entry["mode"])
     raise LabError(f"Layer {path} has type {entry['type']!r}, which a ResNet export does not hold.")
 
 
@@ -104,10 +106,16 @@ def _load_lm(folder: Path, meta: dict):
     swaps = []
     for path, m in weight_layers(model).items():
         if isinstance(m, nn.QuantizedEmbedding) and not isinstance(m, ExactQuantizedEmbedding):
-            exact = ExactQuantizedEmbedding(m.num_embeddings, m.dims, group_size=m.group_size, bits=m.bits,
-                                            mode=m.mode, compute_dtype=dtype)
-            exact.update(m.parameters())  # the loaded arrays themselves: nothing re-quantized
-            swaps.append((path, exact))
+            lab = ExactQuantizedEmbedding(m.num_embeddings, m.dims, group_size=m.group_size, bits=m.bits,
+                                          mode=m.mode, compute_dtype=dtype)
+        elif type(m) is nn.QuantizedLinear:
+            out_dims, in_dims = m.scales.shape[0], m.scales.shape[1] * m.group_size
+            lab = AdaptiveQuantizedLinear(in_dims, out_dims, bias="bias" in m, group_size=m.group_size,
+                                          bits=m.bits, mode=m.mode)
+        else:
+            continue
+        lab.update(m.parameters())  # the loaded arrays themselves: nothing re-quantized
+        swaps.append((path, lab))
     model.update_modules(tree_unflatten(swaps))
     model.eval()
-    return model, tokenizer
+    return use_measured_kernels(model), tokenizer

@@ -10,7 +10,7 @@ from core.errors import LabError
 from core.options import option, positive_int
 from core.quant.config import QuantConfig
 
-RESULTS_VERSION = 3  # bump when a change alters measured values, so old cache entries are not reused
+RESULTS_VERSION = 4  # bump when a change alters measured values, so old cache entries are not reused
 EVAL_PATHS = ("auto", "dequant", "kernel")
 BOS_POLICIES = ("auto", "always", "never")
 

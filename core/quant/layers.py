@@ -11,6 +11,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path, tree_unflatten
 
 from core.quant.conv import QuantizedConv2d
+from core.quant.kernels import AdaptiveQuantizedLinear, RowAdaptive
 from core.quant.quantizers import dequantize_matrix, quantize_matrix
 from core.quant.spec import QuantSpec
 
@@ -60,15 +61,15 @@ def swap(root: nn.Module, path: str, new):
 
 def _quantized_linear(layer: nn.Linear, spec: QuantSpec, packed=None) -> nn.Module:
     out_dims, in_dims = layer.weight.shape
-    q = nn.QuantizedLinear(in_dims, out_dims, bias="bias" in layer, group_size=spec.group_size,
-                           bits=spec.bits, mode=spec.mode)
+    q = AdaptiveQuantizedLinear(in_dims, out_dims, bias="bias" in layer, group_size=spec.group_size,
+                                bits=spec.bits, mode=spec.mode)
     _set_quantized(q, layer.weight, spec, packed)
     if "bias" in layer:
         q.bias = layer.bias
     return q
 
 
-class ExactQuantizedEmbedding(nn.QuantizedEmbedding):
+class ExactQuantizedEmbedding(RowAdaptive, nn.QuantizedEmbedding):
     """MLX's QuantizedEmbedding returns rows in the scales' dtype, which would silently turn a float32 model's
     activations into float16 (slow on CPU, and not the model we measure). This one de-quantizes in float32,
     exactly as `dequantize_matrix`, and returns rows in its compute dtype: the dtype of `dtype_probe`, an empty
@@ -86,6 +87,9 @@ class ExactQuantizedEmbedding(nn.QuantizedEmbedding):
     def __call__(self, x: mx.array) -> mx.array:
         return dequantize_matrix(self.weight[x], self.scales[x], self.get("biases")[x] if "biases" in self else None,
                                  spec_of(self), self.compute_dtype)
+
+    def as_linear(self, x: mx.array) -> mx.array:  # a tied output layer
+        return self.rows_matmul(x)
 
     def plain(self) -> nn.QuantizedEmbedding:
         """MLX's layer over the same arrays, for files other tools load."""

@@ -10,6 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from core.quant.kernels import use_measured_kernels
 from core.quant.spec import QuantSpec
 from core.runtime import DTYPES
 
@@ -39,13 +40,14 @@ def cast_to(model: nn.Module, dtype: str) -> nn.Module:
 
 @contextmanager
 def computing_in(model: nn.Module, dtype: str):
-    """Within the block `model` computes in `dtype`; afterwards it holds its own arrays again, nothing rounded
-    (speed is measured in the deployed dtype, quality in float32, on one quantized model)."""
+    """Within the block `model` computes in `dtype` with the kernels it would be deployed with; afterwards it holds
+    its own arrays again, nothing rounded (speed is measured as deployed, quality in float32, on one model)."""
     saved = model.parameters()
-    cast_to(model, dtype)
+    use_measured_kernels(cast_to(model, dtype))
     try:
         yield model
     finally:
+        use_measured_kernels(model, enabled=False)
         model.update(saved)
 
 

@@ -14,6 +14,7 @@ from core.quant.actquant import quantize_activations
 from core.quant.baseline import load_baseline
 from core.quant.calibration import calibration_images
 from core.quant.config import QuantConfig
+from core.quant.kernels import use_measured_kernels
 from core.quant.layers import QuantReport, weight_layer_paths
 from core.quant.methods import apply_method
 from core.quant.precision import cast_to
@@ -30,9 +31,9 @@ class Quantized:
     report: QuantReport
 
     def deploy(self) -> nn.Module:
-        """The model computing in the config's dtype, in place (for serving and export; evaluation casts only
-        while it measures speed, core.quant.precision.computing_in)."""
-        return cast_to(self.model, self.config.dtype)
+        """The model computing in the config's dtype with this machine's kernel choice, in place (for serving and
+        export; evaluation does the same only while it measures speed, core.quant.precision.computing_in)."""
+        return use_measured_kernels(cast_to(self.model, self.config.dtype))
 
 
 def keep_set(model: nn.Module, config: QuantConfig) -> set[str]:
