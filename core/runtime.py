@@ -7,10 +7,11 @@ import sys
 import warnings
 from functools import lru_cache
 from importlib import metadata
+from pathlib import Path
 
 import mlx.core as mx
 
-from core import settings
+from core import blas, settings
 from core.errors import LabError
 
 OPENBLAS_PRELOAD = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
@@ -97,8 +98,32 @@ def describe() -> dict:
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
         "cpu_count": os.cpu_count(),
+        "cpu": blas.cpu_identity()[0] or platform.processor() or None,
+        "threads_per_core": threads_per_core(),
+        "blas_kernel": blas_kernel() if backend() == "cpu" else None,
         "large_buffers_on_heap": allocator_tuned(),
     }
+
+
+def blas_kernel() -> str | None:
+    """The OpenBLAS kernel computing here, and whether it was chosen for this CPU (core.blas) or by OpenBLAS."""
+    kernel = blas.loaded_kernel()
+    if kernel is None:
+        return None
+    return f"{kernel} ({'OPENBLAS_CORETYPE' if os.environ.get('OPENBLAS_CORETYPE') else 'OpenBLAS own pick'})"
+
+
+def threads_per_core() -> int | None:
+    """Hardware threads sharing one core (2 where the 'cores' are hyper-threads of fewer physical ones)."""
+    try:
+        siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read_text().strip()
+    except OSError:
+        return None
+    count = 0
+    for part in siblings.split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
 
 
 # glibc serves allocations above its mmap threshold (at most 32 MiB by default) with fresh mmap'd pages and

@@ -82,6 +82,17 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_blas(args) -> int:
+    from core import blas
+
+    made = blas.choice(fresh=args.fresh)
+    if args.coretype:
+        print(made.chosen if made else "")
+    else:
+        print(made.summary() if made else "No OpenBLAS library here to choose a kernel in (Linux only).")
+    return 0
+
+
 def cmd_results(args) -> int:
     from core.report.results import load_rows, write_csv
 

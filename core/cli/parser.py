@@ -111,7 +111,7 @@ def _serving_commands(sub) -> None:
 
 
 def _other_commands(sub) -> None:
-    """bench, train, demo and prepare."""
+    """bench, train, demo, prepare and blas."""
     p = sub.add_parser("bench", help="performance comparison, written as CSV and markdown under docs/bench/")
     p.add_argument("--sections", default="resnet,ppl,decode,llama-cpp", help="comma-separated sections")
     p.add_argument("--out", default="docs/bench", help="output folder")
@@ -132,6 +132,10 @@ def _other_commands(sub) -> None:
     p.set_defaults(func=commands.cmd_demo)
     p = sub.add_parser("prepare", help="fetch and convert the offline SmolLM2 model into cache/")
     p.set_defaults(func=commands.cmd_prepare)
+    p = sub.add_parser("blas", help="the OpenBLAS kernel measured fastest on this CPU (Linux; cached)")
+    p.add_argument("--coretype", action="store_true", help="print only the OPENBLAS_CORETYPE to export ('' to keep)")
+    p.add_argument("--fresh", action="store_true", help="measure again instead of reading the cached choice")
+    p.set_defaults(func=commands.cmd_blas)
 
 
 def main(argv: list[str] | None = None) -> int:

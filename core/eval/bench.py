@@ -6,7 +6,7 @@ import csv
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,7 +17,8 @@ from core import data, runtime, settings
 from core.deploy import fastdecode, generate, prompts
 from core.deploy.ids import load_deployed, parse_model_id
 from core.eval import quality
-from core.eval.flatconv import FLAT_BATCH, FlatResNet
+from core.eval.bench_rows import BenchRow, best_of
+from core.eval.eval_speed_bench import eval_command_speed, ppl_eval_speed, resnet_eval_speed
 from core.eval.speed import bench_generation
 from core.models import resnet
 from core.models.gguf import find_or_fetch_smollm2_gguf
@@ -25,85 +26,6 @@ from core.models.registry import resolve
 from core.quant.baseline import load_baseline
 from core.quant.layers import dequantize_model, size_bytes
 from core.quant.spec import QuantSpec
-
-
-@dataclass
-class BenchRow:
-    section: str
-    subject: str
-    variant: str
-    value: float
-    unit: str
-    note: str = ""
-
-
-def _best_of(fn, trials: int, warmup=None):
-    """(fastest wall time of `fn()` in seconds, its last result) after a warm-up call of `warmup` (default fn);
-    fn forces its own evaluation."""
-    (warmup or fn)()
-    times, result = [], None
-    for _ in range(trials):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
-
-
-def resnet_eval_speed(names=("resnet20",), bits=(16, 8, 4), limit: int | None = None, trials: int = 1) -> list[BenchRow]:
-    """Images/s over the CIFAR-10 test set: the plain evaluation (the quantized model's forward, glibc's default
-    allocator) against the same forward with large buffers kept on the heap, and against the project's path
-    (de-quantized weights, BatchNorm folded, core.eval.flatconv); top-1 agreement with the plain run."""
-    images, labels = data.load_cifar10("test")
-    idx = data.stratified_indices(labels, limit)
-    x = resnet.preprocess(images[idx])
-    rows = []
-    for name in names:
-        for b in bits:
-            spec = QuantSpec(b).validated()
-            model = load_deployed(resolve(name), spec).model
-            with runtime.glibc_default_allocator():
-                t_plain, logits = _best_of(lambda: quality.classify_batches(model, x), trials,
-                                           warmup=lambda: mx.eval(model(x[:500])))
-            subject = f"{name} {spec.tag}"
-            rows.append(BenchRow("resnet-eval", subject, "plain: quantized model's forward, glibc default allocator",
-                                 len(idx) / t_plain, "images/s", f"{len(idx)} images, {t_plain:.1f} s"))
-            variants = [("same forward, large buffers kept on the heap", lambda: model, 500)]
-            if runtime.backend() == "cpu":
-                variants.append(("project: de-quantized, BatchNorm folded, flat GEMM convolutions, one CPU stream per core",
-                                 lambda: FlatResNet(dequantize_model(model)), None))
-            for variant, build, batch in variants:
-                fn = build()  # in order: the flat executor de-quantizes the model in place
-                run = (lambda: fn.classify(x)) if batch is None else (lambda: quality.classify_batches(fn, x, batch))
-                t, out = _best_of(run, trials, warmup=lambda: mx.eval(fn(x[:batch or FLAT_BATCH])))
-                same = float(np.mean(out.argmax(axis=1) == logits.argmax(axis=1))) * 100
-                rows.append(BenchRow("resnet-eval", subject, variant, len(idx) / t, "images/s",
-                                     f"{len(idx)} images, {t:.1f} s; {same:.2f} % same top-1; {t_plain / t:.2f}x"))
-    return rows
-
-
-def ppl_eval_speed(chunks: int = 8, trials: int = 1) -> list[BenchRow]:
-    """Window tokens/s: a plain fp32 forward of each 512-token chunk (all logits, glibc's default allocator)
-    against the project's perplexity evaluation of the same chunks (scored half through the head, two windows
-    per CPU stream, one stream per core)."""
-    info = resolve("smollm2-135m-instruct")
-    model, tokenizer = load_baseline(info)
-    tokens = quality.wikitext_tokens(info.name, tokenizer)
-    windows = quality.chunk_windows(tokens, 512, None)[data.spread_indices(len(tokens) // 512, chunks)]
-
-    def plain():
-        for w in windows:
-            logits = model(mx.array(w[None]))
-            mx.eval(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-
-    with runtime.glibc_default_allocator():
-        t_plain, _ = _best_of(plain, trials, warmup=lambda: mx.eval(model(mx.array(windows[:1]))))
-    t_fast, _ = _best_of(lambda: quality.perplexity(model, windows), trials,
-                         warmup=lambda: quality.perplexity(model, windows[:1]))
-    n = windows.size
-    return [BenchRow("ppl-eval", "smollm2 fp32", "plain forward, one chunk at a time", n / t_plain, "tokens/s",
-                     f"{len(windows)} chunks of 512"),
-            BenchRow("ppl-eval", "smollm2 fp32", "project perplexity path", n / t_fast, "tokens/s",
-                     f"{len(windows)} chunks of 512; {t_plain / t_fast:.2f}x")]
 
 
 def decode_speed(tags=("fp", "q8", "q4g64"), new_tokens: int = 64, trials: int = 3) -> list[BenchRow]:
@@ -155,7 +77,7 @@ def full_eval_speed(names=tuple(resnet.DEPTHS), bits=(16, 8, 6, 5, 4, 3), lm_bit
             spec = QuantSpec(b).validated()
             d = load_deployed(resolve(name), spec)
             model = d.model
-            t, logits = _best_of(lambda: quality.classify_batches(model, x, batch_size=2500), 2,
+            t, logits = best_of(lambda: quality.classify_batches(model, x, batch_size=2500), 2,
                                  warmup=lambda: quality.classify_batches(model, x[:2500], batch_size=2500))
             acc = quality.accuracy(logits, labels)
             rows.append(BenchRow("full-eval", f"{name} {spec.tag}, {d.dtype}", f"CIFAR-10 test, {len(x):,} images", t, "s",
@@ -167,7 +89,7 @@ def full_eval_speed(names=tuple(resnet.DEPTHS), bits=(16, 8, 6, 5, 4, 3), lm_bit
         model, tokenizer = d.model, d.tokenizer
         tokens = quality.wikitext_tokens(info.name, tokenizer)
         windows = quality.chunk_windows(tokens, 512, None)
-        t, result = _best_of(lambda: quality.perplexity(model, windows, batch_size=16), 1,
+        t, result = best_of(lambda: quality.perplexity(model, windows, batch_size=16), 1,
                              warmup=lambda: quality.perplexity(model, windows[:16], batch_size=16))
         rows.append(BenchRow("full-eval", f"smollm2 {spec.tag}, {d.dtype}", "WikiText-2 test, 592 chunks", t, "s",
                              f"{windows.size / t:,.0f} tokens/s; PPL {result.ppl:.3f} ± {result.stderr:.3f}"))
@@ -322,7 +244,9 @@ def run_bench(sections: list[str], out_dir: Path, command: str, quick: bool = Fa
         print(f"bench: {name}", file=sys.stderr, flush=True)
         fn = SECTIONS[name]
         if quick and name == "resnet":
-            rows += fn(limit=1000)
+            rows += fn(limit=1000) + eval_command_speed(limit=1000)
+        elif name == "resnet":
+            rows += fn() + eval_command_speed()
         elif quick and name == "ppl":
             rows += fn(chunks=2)
         else:

@@ -123,6 +123,20 @@ def concurrent_round(url: str, model: str, clients: int, max_tokens: int) -> Rou
                  *np.percentile(gaps, [50, 95]))
 
 
+def alternating_rounds(contenders, clients: int, max_tokens: int, trials: int) -> dict[str, list[Round]]:
+    """`trials` rounds of each (name, url, model) contender, taking turns and going first in alternate trials,
+    so that drift in the machine's speed during the run (other tenants, heat) falls on both alike."""
+    rounds: dict[str, list[Round]] = {name: [] for name, _, _ in contenders}
+    for trial in range(trials):
+        for name, url, model in (contenders if trial % 2 == 0 else contenders[::-1]):
+            rounds[name].append(concurrent_round(url, model, clients, max_tokens))
+    return rounds
+
+
+def median_round(rounds: list[Round]) -> Round:
+    return sorted(rounds, key=lambda r: r.tokens_per_s)[len(rounds) // 2]
+
+
 def _png(seed: int) -> bytes:
     from PIL import Image
 
@@ -182,10 +196,11 @@ def weights_bytes(folder: Path) -> int:
 
 
 def serving_speed(lm_rounds=LM_ROUNDS, image_model: str | None = None, max_tokens: int = 64,
-                  classify_n: int = 40, bandwidth: float | None = None) -> list[tuple]:
-    """Bench rows (section, subject, variant, value, unit, note): for each model and concurrency, tokens/s,
-    TTFT and ITL of both servers (mlx_lm.server on the lab's export of that model), next to the memory-bandwidth
-    ceiling when `bandwidth` (bytes/s) is known; classify idle and while four clients stream.
+                  classify_n: int = 40, bandwidth: float | None = None, trials_per_round: int = 3) -> list[tuple]:
+    """Bench rows (section, subject, variant, value, unit, note): for each model and concurrency, tokens/s (the
+    median of `trials_per_round`), TTFT and ITL of both servers (mlx_lm.server on the lab's export of that model),
+    next to the memory-bandwidth ceiling when `bandwidth` (bytes/s) is known; classify idle and while four
+    clients stream.
     Both servers may decode as many sequences together as the most clients of any round."""
     from core.models.registry import default_vision_model
 
@@ -204,14 +219,18 @@ def serving_speed(lm_rounds=LM_ROUNDS, image_model: str | None = None, max_token
                 for url, model in ((ours, model_id), (peer, "default_model")):
                     stream_one(url, model, PROMPTS[0], 8)  # warm-up: loads, kernels
                 speeds = {}
+                contenders = (("mlx_lm.server", peer, "default_model"), ("project", ours, model_id))
                 for clients in concurrency:
-                    for name, url, model in (("mlx_lm.server", peer, "default_model"), ("project", ours, model_id)):
-                        r = concurrent_round(url, model, clients, max_tokens)
+                    for name, trials in alternating_rounds(contenders, clients, max_tokens, trials_per_round).items():
+                        r = median_round(trials)
                         speeds[name, clients] = r.tokens_per_s
+                        spread = f"{min(t.tokens_per_s for t in trials):.3g}-{max(t.tokens_per_s for t in trials):.3g}"
                         rows.append(("serving", f"{model_id} {clients} streams", name, r.tokens_per_s, "tokens/s",
-                                     f"TTFT p50 {r.ttft_p50_ms:.0f} / p95 {r.ttft_p95_ms:.0f} ms, ITL p50 "
-                                     f"{r.itl_p50_ms:.1f} / p95 {r.itl_p95_ms:.1f} ms, {r.tokens} tokens in "
-                                     f"{r.wall_s:.1f} s, greedy, {max_tokens} max"))
+                                     f"median of {len(trials)} trials (range {spread} tokens/s; the servers take "
+                                     f"turns, first in alternate trials); in that trial TTFT p50 "
+                                     f"{r.ttft_p50_ms:.0f} / p95 {r.ttft_p95_ms:.0f} ms, ITL p50 {r.itl_p50_ms:.1f} "
+                                     f"/ p95 {r.itl_p95_ms:.1f} ms, {r.tokens} tokens in {r.wall_s:.1f} s; greedy, "
+                                     f"{max_tokens} max"))
                     rows.append(("serving", f"{model_id} {clients} streams", "project / mlx_lm.server",
                                  speeds["project", clients] / speeds["mlx_lm.server", clients], "x", "aggregate tokens/s"))
                     if bandwidth:

@@ -2,8 +2,6 @@
 client disconnects, metrics, and a bounded load test."""
 import io
 import json
-import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 

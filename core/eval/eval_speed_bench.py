@@ -1,0 +1,103 @@
+"""The `resnet` and `ppl` bench sections: evaluation speed on the CPU, the plain path against the project's
+(images/s over CIFAR-10, perplexity tokens/s), and the whole `eval` command against one plain pass."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import mlx.core as mx
+import numpy as np
+
+from core import data, runtime
+from core.deploy.ids import load_deployed
+from core.eval import quality
+from core.eval.bench_rows import BenchRow, best_of
+from core.eval.flatconv import FLAT_BATCH, FlatResNet
+from core.models import resnet
+from core.models.registry import resolve
+from core.quant.baseline import load_baseline
+from core.quant.layers import dequantize_model
+from core.quant.spec import QuantSpec
+
+
+def resnet_eval_speed(names=("resnet20",), bits=(16, 8, 4), limit: int | None = None, trials: int = 1) -> list[BenchRow]:
+    """Images/s over the CIFAR-10 test set: the plain evaluation (the quantized model's forward, glibc's default
+    allocator) against the same forward with large buffers kept on the heap, and against the project's path
+    (de-quantized weights, BatchNorm folded, core.eval.flatconv); top-1 agreement with the plain run."""
+    images, labels = data.load_cifar10("test")
+    idx = data.stratified_indices(labels, limit)
+    x = resnet.preprocess(images[idx])
+    rows = []
+    for name in names:
+        for b in bits:
+            spec = QuantSpec(b).validated()
+            model = load_deployed(resolve(name), spec).model
+            with runtime.glibc_default_allocator():
+                t_plain, logits = best_of(lambda: quality.classify_batches(model, x), trials,
+                                           warmup=lambda: mx.eval(model(x[:500])))
+            subject = f"{name} {spec.tag}"
+            rows.append(BenchRow("resnet-eval", subject, "plain: quantized model's forward, glibc default allocator",
+                                 len(idx) / t_plain, "images/s", f"{len(idx)} images, {t_plain:.1f} s"))
+            variants = [("same forward, large buffers kept on the heap", lambda: model, 500)]
+            if runtime.backend() == "cpu":
+                variants.append(("project: de-quantized, BatchNorm folded, flat GEMM convolutions, one CPU stream per core",
+                                 lambda: FlatResNet(dequantize_model(model)), None))
+            for variant, build, batch in variants:
+                fn = build()  # in order: the flat executor de-quantizes the model in place
+                run = (lambda: fn.classify(x)) if batch is None else (lambda: quality.classify_batches(fn, x, batch))
+                t, out = best_of(run, trials, warmup=lambda: mx.eval(fn(x[:batch or FLAT_BATCH])))
+                same = float(np.mean(out.argmax(axis=1) == logits.argmax(axis=1))) * 100
+                rows.append(BenchRow("resnet-eval", subject, variant, len(idx) / t, "images/s",
+                                     f"{len(idx)} images, {t:.1f} s; {same:.2f} % same top-1; {t_plain / t:.2f}x"))
+    return rows
+
+
+EVAL_COMMAND = ("eval", "--model", "resnet20", "--q-bits", "4", "--q-group-size", "32", "--no-cache", "--no-bench",
+                "--json")
+
+
+def eval_command_speed(limit: int | None = None) -> list[BenchRow]:
+    """The whole `python -m core eval` process for resnet20 int4 g32 (start-up, quantization, the full-precision
+    reference and the quantized evaluation, no cache) against one plain evaluation pass of the float32 model
+    (its own forward, batches of 500, glibc's default allocator) in the same run."""
+    images, labels = data.load_cifar10("test")
+    x = resnet.preprocess(images[data.stratified_indices(labels, limit)])
+    model, _ = load_baseline(resolve("resnet20"))
+    with runtime.glibc_default_allocator():
+        t_plain, _ = best_of(lambda: quality.classify_batches(model, x), 1, warmup=lambda: mx.eval(model(x[:500])))
+    command = [sys.executable, "-m", "core", *EVAL_COMMAND, *(["--limit", str(limit)] if limit else [])]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, env=os.environ)
+    t_command = time.perf_counter() - start
+    shown = "python -m core " + " ".join(command[3:])
+    return [BenchRow("resnet-eval", "resnet20 fp32 plain pass", "plain: the model's forward, batches of 500",
+                     t_plain, "s", f"{len(x)} images, one pass, glibc default allocator"),
+            BenchRow("resnet-eval", "resnet20 q4g32 whole eval command", shown, t_command, "s",
+                     f"whole process, full-precision reference included; {t_plain / t_command:.2f}x the plain pass")]
+
+
+def ppl_eval_speed(chunks: int = 8, trials: int = 1) -> list[BenchRow]:
+    """Window tokens/s: a plain fp32 forward of each 512-token chunk (all logits, glibc's default allocator)
+    against the project's perplexity evaluation of the same chunks (scored half through the head, two windows
+    per CPU stream, one stream per core)."""
+    info = resolve("smollm2-135m-instruct")
+    model, tokenizer = load_baseline(info)
+    tokens = quality.wikitext_tokens(info.name, tokenizer)
+    windows = quality.chunk_windows(tokens, 512, None)[data.spread_indices(len(tokens) // 512, chunks)]
+
+    def plain():
+        for w in windows:
+            logits = model(mx.array(w[None]))
+            mx.eval(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+
+    with runtime.glibc_default_allocator():
+        t_plain, _ = best_of(plain, trials, warmup=lambda: mx.eval(model(mx.array(windows[:1]))))
+    t_fast, _ = best_of(lambda: quality.perplexity(model, windows), trials,
+                         warmup=lambda: quality.perplexity(model, windows[:1]))
+    n = windows.size
+    return [BenchRow("ppl-eval", "smollm2 fp32", "plain forward, one chunk at a time", n / t_plain, "tokens/s",
+                     f"{len(windows)} chunks of 512"),
+            BenchRow("ppl-eval", "smollm2 fp32", "project perplexity path", n / t_fast, "tokens/s",
+                     f"{len(windows)} chunks of 512; {t_plain / t_fast:.2f}x")]
