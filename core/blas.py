@@ -3,9 +3,9 @@
 OpenBLAS (Debian's build has every x86-64 kernel in one library) picks its kernel from the processor's
 family and model numbers. Inside virtual machines that report a generic or unknown model, it can fall back to a
 kernel several times slower than the instructions the processor has, and nothing says so. Here each kernel that
-the processor's instruction flags allow is timed on a few matrix products in a child process (a kernel that
-should not run here can only crash the child) and checked against NumPy; the fastest is kept when it beats
-OpenBLAS's own pick clearly. The choice is cached per processor and library; `./lab` exports it as
+the processor's instruction flags allow is timed on a few matrix products on one thread in a child process (a
+kernel that should not run here can only crash the child) and checked against NumPy; the fastest is kept when it
+beats OpenBLAS's own pick clearly. The choice is cached per processor and library; `./lab` exports it as
 OPENBLAS_CORETYPE before MLX starts, because OpenBLAS reads it once, when it loads."""
 from __future__ import annotations
 
@@ -86,6 +86,7 @@ print(json.dumps({{"kernel": lib.openblas_get_corename().decode(), "seconds": be
 def time_kernel(library: str, coretype: str, timeout_s: float = 60) -> tuple[str, float] | None:
     """(the kernel OpenBLAS used, seconds) for OPENBLAS_CORETYPE=coretype; None if it crashed or computed wrong."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "LD_PRELOAD")}
+    env["OPENBLAS_NUM_THREADS"] = "1"  # the kernel's own speed: on many cores, threading costs hide it
     if coretype:
         env["OPENBLAS_CORETYPE"] = coretype
     try:

@@ -29,6 +29,21 @@ def backend() -> str:
 
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+DEVICES = ("cpu", "gpu")
+
+
+def use_device_setting() -> None:
+    """MLX's default device as MLXQ_DEVICE says (called when `core` is imported); a value it does not know is
+    reported and ignored."""
+    chosen = settings.device()
+    if chosen is None:
+        return
+    device = {"cpu": mx.cpu, "gpu": mx.gpu}.get(chosen)
+    if device is None or not mx.is_available(device):
+        why = f"is not one of {', '.join(DEVICES)}" if device is None else "names a device this MLX build does not have"
+        warnings.warn(f"{settings.DEVICE}={chosen!r} {why}; using MLX's default device.", RuntimeWarning, stacklevel=2)
+        return
+    mx.set_default_device(device)
 
 
 def resolve_dtype(dtype: str | None, flag: str = "--dtype") -> str:

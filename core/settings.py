@@ -12,6 +12,7 @@ Each is read when asked for, not at import, so a test or a launcher can set it a
 | MLXQ_DECODE_ENGINE | generation engine of the playground and API: `mlx-lm` or `compiled` | `mlx-lm` |
 | MLXQ_API_KEY | bearer key the API server requires | none: no key |
 | MLXQ_DTYPE | compute dtype of deployed models: `float32`, `bfloat16` or `float16` (`--dtype` wins) | float32 on a CPU, bfloat16 on Metal and CUDA |
+| MLXQ_DEVICE | `cpu` computes on the CPU where a GPU exists too (read once, when `core` is imported) | MLX's default device |
 """
 from __future__ import annotations
 
@@ -67,3 +68,11 @@ DTYPE = "MLXQ_DTYPE"
 def dtype() -> str | None:
     """The compute dtype the user asked for (checked by core.runtime.default_dtype), or None."""
     return os.environ.get(DTYPE) or None
+
+
+DEVICE = "MLXQ_DEVICE"
+
+
+def device() -> str | None:
+    """The device the user asked for (checked by core.runtime.use_device_setting), or None."""
+    return os.environ.get(DEVICE) or None

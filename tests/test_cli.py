@@ -175,3 +175,13 @@ def test_eval_sweep_and_export_flags_come_from_the_config_fields():
     from core.cli.flags import config_from_args
 
     assert config_from_args(QuantConfig, args) == QuantConfig("resnet20", bits=4, keep_last=True)
+
+
+@pytest.mark.parametrize("value,device,warned", [("cpu", "cpu", False), ("tpu", None, True)])
+def test_mlxq_device_picks_the_device_or_says_why_not(value, device, warned):
+    proc = subprocess.run([sys.executable, "-c", "import core, mlx.core as mx; print(mx.default_device())"], cwd=REPO,
+                          env={**os.environ, "MLXQ_DEVICE": value}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert ("MLXQ_DEVICE='tpu' is not one of cpu, gpu" in proc.stderr) == warned
+    if device:
+        assert proc.stdout.strip() == f"Device({device}, 0)"

@@ -113,7 +113,7 @@ def _serving_commands(sub) -> None:
 def _other_commands(sub) -> None:
     """bench, train, demo, prepare and blas."""
     p = sub.add_parser("bench", help="performance comparison, written as CSV and markdown under docs/bench/")
-    p.add_argument("--sections", default="resnet,ppl,decode,llama-cpp", help="comma-separated sections")
+    p.add_argument("--sections", default="resnet,eval-command,ppl,decode,llama-cpp", help="comma-separated sections")
     p.add_argument("--out", default="docs/bench", help="output folder")
     p.add_argument("--quick", action="store_true", help="subsets (1,000 images, 2 chunks) for a fast check")
     p.set_defaults(func=commands.cmd_bench)

@@ -234,7 +234,7 @@ def serving() -> list[BenchRow]:
     return [BenchRow(*row) for row in serving_speed(rounds, bandwidth=_bandwidth())]
 
 
-SECTIONS = {"resnet": resnet_eval_speed, "ppl": ppl_eval_speed, "decode": decode_speed, "llama-cpp": llama_cpp_peer,
+SECTIONS = {"resnet": resnet_eval_speed, "eval-command": eval_command_speed, "ppl": ppl_eval_speed, "decode": decode_speed, "llama-cpp": llama_cpp_peer,
             "full-eval": full_eval_speed, "decode-ceiling": decode_ceiling, "serving": serving}
 
 
@@ -243,10 +243,8 @@ def run_bench(sections: list[str], out_dir: Path, command: str, quick: bool = Fa
     for name in sections:
         print(f"bench: {name}", file=sys.stderr, flush=True)
         fn = SECTIONS[name]
-        if quick and name == "resnet":
-            rows += fn(limit=1000) + eval_command_speed(limit=1000)
-        elif name == "resnet":
-            rows += fn() + eval_command_speed()
+        if quick and name in ("resnet", "eval-command"):
+            rows += fn(limit=1000)
         elif quick and name == "ppl":
             rows += fn(chunks=2)
         else:

@@ -1,5 +1,5 @@
-"""The `resnet` and `ppl` bench sections: evaluation speed on the CPU, the plain path against the project's
-(images/s over CIFAR-10, perplexity tokens/s), and the whole `eval` command against one plain pass."""
+"""The `resnet`, `eval-command` and `ppl` bench sections: evaluation speed on the CPU, the plain path against the
+project's (images/s over CIFAR-10, perplexity tokens/s), and the whole `eval` command against one plain pass."""
 from __future__ import annotations
 
 import os
