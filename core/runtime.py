@@ -106,13 +106,14 @@ def describe() -> dict:
     info = mx.device_info() if hasattr(mx, "device_info") else {}
     return {
         "backend": backend(),
-        "device": str(info.get("device_name") or mx.default_device()),
+        # where the CPU computes, the processor (a CUDA build's device_info names its GPU even then)
+        "device": (backend() == "cpu" and blas.cpu_identity()[0]) or str(info.get("device_name") or mx.default_device()),
         "openblas": openblas_active() if backend() == "cpu" else None,  # only matters where the CPU computes
         "mlx": mx.__version__,
         "mlx_lm": _version("mlx-lm"),
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
-        "cpu_count": os.cpu_count(),
+        "cpu_count": usable_cpus(),
         "cpu": blas.cpu_identity()[0] or platform.processor() or None,
         "threads_per_core": threads_per_core(),
         "blas_kernel": blas_kernel() if backend() == "cpu" else None,
@@ -126,6 +127,15 @@ def blas_kernel() -> str | None:
     if kernel is None:
         return None
     return f"{kernel} ({'OPENBLAS_CORETYPE' if os.environ.get('OPENBLAS_CORETYPE') else 'OpenBLAS own pick'})"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the system has one (a container or `taskset` may
+    allow fewer than the machine has), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS: no affinity masks
+        return os.cpu_count() or 1
 
 
 def threads_per_core() -> int | None:

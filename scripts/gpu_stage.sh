@@ -2,7 +2,8 @@
 # Stage what a bench run on the offline GPU host needs, in parts of under 64 MiB (the device tool's limit per
 # call), all under the ignored .gpu/: MLX's CUDA wheels (../shared/device/prepare.sh: .gpu/p1, .gpu/p2), the
 # server's Python dependencies for Python 3.12 (.gpu/deps) and the SmolLM2 GGUF in two halves (.gpu/gguf-a,
-# .gpu/gguf-b). On the host, scripts/gpu_run.sh installs and runs. Usage: scripts/gpu_stage.sh
+# .gpu/gguf-b; copy each into /root/gguf-parts on the host as it arrives). On the host, scripts/gpu_run.sh
+# installs and runs. Usage: scripts/gpu_stage.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ../shared/device/prepare.sh

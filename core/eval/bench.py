@@ -3,7 +3,6 @@ CSV plus a markdown report (docs/bench/) that names the command, versions and ma
 from __future__ import annotations
 
 import csv
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -165,7 +164,7 @@ def llama_cpp_peer(chunks: int = 4, prompt_tokens: int = 512, new_tokens: int = 
                          "llama-cpp-python is not installed (pip install llama-cpp-python==0.3.36 builds it, ~10 min)")]
     info = resolve("smollm2-135m-instruct")
     gguf = find_or_fetch_smollm2_gguf(settings.cache_root() / "downloads")
-    threads = os.cpu_count() or 1
+    threads = runtime.usable_cpus()
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=max(512, prompt_tokens + new_tokens + 8), n_batch=512,
                           n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)
     d = load_deployed(info, QuantSpec().validated())

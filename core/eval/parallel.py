@@ -6,7 +6,6 @@ With one stream per core and single-threaded BLAS, both cores stay busy (the ben
 measure the gain). Elsewhere (Metal, CUDA) batches run one by one on the default stream."""
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -18,10 +17,10 @@ _streams: list = []
 
 
 def cpu_streams() -> list:
-    """One MLX CPU stream per core (at most 8). Thread-local streams: MLX streams belong to the thread that made
+    """One MLX CPU stream per usable core (at most 8). Thread-local streams: MLX streams belong to the thread that made
     them, and Streamlit and the API server evaluate in threads of their own."""
     if not _streams:
-        _streams.extend(mx.new_thread_local_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 8))))
+        _streams.extend(mx.new_thread_local_stream(mx.cpu) for _ in range(max(1, min(runtime.usable_cpus(), 8))))
     return _streams
 
 
