@@ -3,6 +3,7 @@ CSV plus a markdown report (docs/bench/) that names the command, versions and ma
 from __future__ import annotations
 
 import csv
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -249,7 +250,7 @@ def run_bench(sections: list[str], out_dir: Path, command: str, quick: bool = Fa
         else:
             rows += fn()
     env = runtime.describe()
-    stem = f"{env['backend']}-{env['device'].replace(' ', '_').lower()}"
+    stem = f"{env['backend']}-{re.sub(r'[^a-z0-9]+', '_', env['device'].lower()).strip('_')}"  # plain file names
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
