@@ -8,9 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sections=${1:?sections}; out=${2:?output folder}
 export PYTHONPATH=/tmp/site
-if ! python3 -c "import fastapi, uvicorn, multipart, outlines_core" 2>/dev/null; then
+if ! python3 -c "import fastapi, uvicorn, uvloop, httptools, multipart, outlines_core" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-compile --target /tmp/site --find-links .gpu/deps \
-    fastapi uvicorn python-multipart outlines-core
+    fastapi uvicorn uvloop httptools python-multipart outlines-core
 fi
 gguf=/root/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -f "$gguf" ]; then

@@ -11,7 +11,8 @@ plat=(--platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 --platfo
       --platform manylinux2014_x86_64)
 rm -rf .gpu/deps && mkdir -p .gpu/deps
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" -d .gpu/deps \
-  "fastapi>=0.115" "uvicorn>=0.30" "python-multipart>=0.0.9" "outlines-core==0.2.14"
+  "fastapi>=0.115" "uvicorn>=0.30" "uvloop>=0.19" "httptools>=0.6" "python-multipart>=0.0.9" \
+  "outlines-core==0.2.14"
 gguf=$(.venv/bin/python -c "from core import settings; from core.models.gguf import find_or_fetch_smollm2_gguf as f; print(f(settings.cache_root() / 'downloads'))")
 rm -rf .gpu/gguf-a .gpu/gguf-b && mkdir -p .gpu/gguf-a .gpu/gguf-b
 split -n 2 -d "$gguf" .gpu/gguf-part.
