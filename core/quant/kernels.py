@@ -33,8 +33,9 @@ class RowAdaptive:
 
     def rows_matmul(self, x: mx.array) -> mx.array:
         """x @ W.T for the weight this layer stands for, by the kernel chosen for this many rows."""
-        if self.dense_from_rows is not None and dense_pays(x, self.dense_from_rows):  # cheap test first: GPUs
-            spec = QuantSpec(self.bits, self.group_size, self.mode)                  # never take this branch
+        # the attribute test first: on a GPU it is always None, and this runs for every layer of every step
+        if self.dense_from_rows is not None and dense_pays(x, self.dense_from_rows):
+            spec = QuantSpec(self.bits, self.group_size, self.mode)
             return x @ dequantize_matrix(self.weight, self.scales, self.get("biases"), spec).T
         return mx.quantized_matmul(x, self.weight, self.scales, self.get("biases"), transpose=True,
                                    group_size=self.group_size, bits=self.bits, mode=self.mode)
