@@ -66,14 +66,12 @@ def default_dtype() -> str:
 
 
 def openblas_active() -> bool | None:
-    """On Linux, whether OpenBLAS is mapped into this process (the preload worked). None elsewhere."""
+    """On Linux, whether MLX's BLAS calls reach OpenBLAS (the preload worked): OpenBLAS's own symbols are in the
+    process's global scope. NumPy's bundled OpenBLAS does not count: it is loaded privately, under other symbol
+    names, and MLX never calls it. None elsewhere."""
     if sys.platform != "linux":
         return None
-    try:
-        with open("/proc/self/maps") as f:
-            return "openblas" in f.read()
-    except OSError:
-        return None
+    return _openblas() is not None
 
 
 def cpu_blas_warning() -> str | None:

@@ -49,3 +49,18 @@ def test_the_cli_prints_the_choice_and_the_launcher_value(tmp_path, monkeypatch,
     assert capsys.readouterr().out.startswith("OpenBLAS kernel ")
     assert main(["blas", "--coretype"]) == 0
     assert capsys.readouterr().out.strip() in ("", *blas.KERNELS)
+
+
+@needs_openblas
+@pytest.mark.parametrize("preload", [False, True])
+def test_openblas_counts_only_when_mlx_calls_it(preload):
+    """NumPy's own OpenBLAS (loaded privately, other symbol names) once made the check say yes without the preload."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if preload:
+        env["LD_PRELOAD"] = blas.LIBRARY
+    proc = subprocess.run([sys.executable, "-c", "import numpy, core.runtime as r; print(r.openblas_active())"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == str(preload), proc.stderr
