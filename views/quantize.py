@@ -8,7 +8,8 @@ from core.eval.config import EvalConfig
 from core.eval.pipeline import run_eval
 from core.models import registry as models
 from core.quant.calibration import default_size
-from core.quant.methods import methods_for
+from core.quant.config import dwq_default
+from core.quant.methods import DWQ_STARTS, methods_for
 from core.quant.spec import AFFINE_BITS, AFFINE_GROUP_SIZES, MODES
 from core.report.charts import frame, tradeoff_chart
 from core.report.summaries import comparison_table
@@ -40,16 +41,24 @@ if mode == "affine":
     method = right.selectbox("Method", methods_for(info.kind), key=f"q_method_{info.kind}",
                              help="rtn: round to nearest; gptq, "
                              "awq: calibrated rounding / scaling; mixed: per-layer bit widths from measured "
-                             "sensitivities within a bits-per-weight target (see the Sensitivity page)")
+                             "sensitivities within a bits-per-weight target (see the Sensitivity page); dwq: "
+                             "another method's result with its scales, biases and norms distilled from the "
+                             "full-precision model (minutes per hundred steps on a CPU)")
 else:
     method = "rtn"
-calib = target_bpw = None
+calib = target_bpw = dwq_from = dwq_steps = None
+if method == "dwq":
+    starts = [m for m in DWQ_STARTS if m in methods_for(info.kind)]
+    dwq_from = right.selectbox("Distil from", starts, index=starts.index("awq" if info.kind == "lm" else "gptq"),
+                               key=f"q_dwq_from_{info.kind}")
+    dwq_steps = int(right.number_input("Distillation steps", min_value=1, max_value=100000,
+                                       value=dwq_default(info.kind, "steps"), step=10, key=f"q_dwq_steps_{info.kind}"))
 if method != "rtn":
     default = default_size(method, info.kind)
     what = "CIFAR-10 train images" if info.kind == "vision" else "WikiText-2 validation chunks"
     calib = int(left.number_input(f"Calibration size: {what}", min_value=1, max_value=50000, value=default, step=1,
                                   key=f"q_calib_{method}_{info.kind}"))
-if method == "mixed":
+if "mixed" in (method, dwq_from):
     target_bpw = float(right.number_input("Target bits per weight", min_value=1.0, max_value=32.0, value=4.5,
                                           step=0.1, key="q_target_bpw"))
     left.caption("mixed: each bit width above is the lowest a layer may get; layers get up to 8 bits within the "
@@ -73,7 +82,8 @@ if st.button("Run", type="primary", key="q_run"):
             raise LabError("Pick at least one bit width to compare with full precision.")
         base = EvalConfig(name, limit=int(limit) or None, bench=bench, dtype=dtype)
         configs = [base] + [EvalConfig(name, bits=b or 4, group_size=group, mode=mode, method=method, calib=calib,
-                                       target_bpw=target_bpw, limit=int(limit) or None, keep_first=keep_first,
+                                       target_bpw=target_bpw, dwq_from=dwq_from, dwq_steps=dwq_steps,
+                                       limit=int(limit) or None, keep_first=keep_first,
                                        keep_last=keep_last, bench=bench, dtype=dtype)
                             for b in (bits or [])]
         configs = [c.validated() for c in configs]  # every mistake is reported before any work starts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
@@ -159,6 +160,10 @@ def cmd_export(args) -> int:
     from core.deploy.export import export_model
     from core.quant.config import QuantConfig
 
+    if args.format == "gguf":
+        return _export_gguf(args)
+    if args.gguf_type is not None:
+        raise LabError("--gguf-type goes with --format gguf.")
     result = export_model(config_from_args(QuantConfig, args), Path(args.out), force=args.force,
                           progress=stderr_progress)
     form = ("model.safetensors + quantization.json; reload with core.deploy.exported.load_exported(DIR)"
@@ -168,6 +173,26 @@ def cmd_export(args) -> int:
              f"  size: {result.size_bytes / 1e6:.2f} MB of arrays, {result.bits_per_weight:.3f} bits/weight; "
              f"{result.file_bytes / 1e6:.2f} MB on disk",
              f"  {result.report.summary()}; computes in {result.dtype}"]
+    print("\n".join(lines), file=sys.stderr)
+    print(result.path)
+    return 0
+
+
+def _export_gguf(args) -> int:
+    from core.deploy.gguf_export import export_gguf
+    from core.quant.config import QuantConfig
+
+    result = export_gguf(config_from_args(QuantConfig, args), Path(args.out), force=args.force,
+                         gguf_type=args.gguf_type, progress=stderr_progress)
+    kinds = ", ".join(f"{n} {t}" for t, n in sorted(Counter(result.tensor_types.values()).items()))
+    lines = [f"\nexported {args.model} {result.tag} to {result.path}",
+             "  GGUF; llama.cpp, Ollama and LM Studio load it (llama-cli -m FILE, llama-server -m FILE)",
+             f"  {result.file_bytes / 1e6:.2f} MB; weight tensors {result.file_bits_per_weight:.3f} bits/weight "
+             f"({kinds})",
+             "  the lab's grids bit for bit" if result.gguf_type == "exact" else
+             f"  {result.gguf_type} made by llama.cpp's quantizer from the lab's de-quantized weights"]
+    if result.requantized:
+        lines.append(f"  re-quantized to Q8_0 (no GGUF type holds their grid): {', '.join(result.requantized)}")
     print("\n".join(lines), file=sys.stderr)
     print(result.path)
     return 0

@@ -35,13 +35,20 @@ def _run_commands(sub) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the cache")
     p.set_defaults(func=commands.cmd_sweep)
     p = sub.add_parser("export", help="quantize one configuration and write it to a folder (mlx-lm folder for "
-                       "language models, safetensors + quantization.json for ResNets)")
+                       "language models, safetensors + quantization.json for ResNets) or to a GGUF file")
     add_config_flags(p, QuantConfig, skip=("act_bits",),
                      bits=dict(type=int, required=True, help="2, 3, 4, 5, 6, 8 (16: full precision)"),
                      seed=dict(help="seed of the calibration subset"),
                      ctx=dict(help="LM calibration chunk length in tokens"))
-    p.add_argument("--out", required=True, help="folder to write (created; an earlier export there is replaced)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty folder export did not create")
+    p.add_argument("--out", required=True, help="folder to write (created; an earlier export there is replaced); "
+                   "a .gguf file with --format gguf")
+    p.add_argument("--format", choices=("mlx", "gguf"), default="mlx",
+                   help="mlx (default): the folder mlx-lm loads; gguf: one file llama.cpp, Ollama and LM Studio load")
+    p.add_argument("--gguf-type", default=None, metavar="TYPE",
+                   help="with --format gguf: exact (default: the lab's grids, bit for bit where a GGUF type holds "
+                   "them) or a llama.cpp type made by llama.cpp's quantizer from the lab's weights (Q4_K_M, Q6_K ...; "
+                   "needs ./lab setup --peers)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty folder (or a file) export did not create")
     p.set_defaults(func=commands.cmd_export)
 
 

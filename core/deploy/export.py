@@ -215,7 +215,7 @@ def _plain_embeddings(model: nn.Module):
             swap(model, path, m)
 
 
-def _source_folder(info: registry.ModelInfo) -> Path:
+def source_folder(info: registry.ModelInfo) -> Path:
     source = registry.lm_path(info)
     if Path(source).is_dir():
         return Path(source)
@@ -227,7 +227,7 @@ def _source_folder(info: registry.ModelInfo) -> Path:
 def _write_lm(q: Quantized, meta: dict, folder: Path) -> None:
     from mlx_lm.utils import load_config, save_config, save_model
 
-    source = _source_folder(q.info)
+    source = source_folder(q.info)
     for pattern in TOKENIZER_PATTERNS:
         for path in source.glob(pattern):
             if path.is_file() and path.name not in NOT_COPIED:

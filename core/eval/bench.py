@@ -20,6 +20,7 @@ from core.eval import quality
 from core.eval.bench_rows import BenchRow, best_of
 from core.eval.eval_speed_bench import eval_command_speed, ppl_eval_speed, resnet_eval_speed
 from core.eval.speed import bench_generation
+from core.eval.llamacpp_peer import llama_perplexity
 from core.models import resnet
 from core.models.gguf import find_or_fetch_smollm2_gguf
 from core.models.registry import resolve
@@ -181,7 +182,7 @@ def llama_cpp_peer(chunks: int = 4, prompt_tokens: int = 512, new_tokens: int = 
                      "tokens/s", where),
             BenchRow("peer", "llama.cpp GGUF (Q4_1, embedding Q8_0)", "decode", new_tokens / decode_s, "tokens/s",
                      where),
-            BenchRow("peer", "llama.cpp GGUF (Q4_1, embedding Q8_0)", "perplexity", _llama_perplexity(llm, windows), "PPL",
+            BenchRow("peer", "llama.cpp GGUF (Q4_1, embedding Q8_0)", "perplexity", llama_perplexity(llm, windows), "PPL",
                      f"{len(windows)} WikiText-2 test chunks of 512, second half scored, project tokens")]
     for tag in tags:
         d = load_deployed(*parse_model_id(f"{info.name}@{tag}"))
@@ -206,20 +207,6 @@ def _llama_prefill_decode(llm, prompt: np.ndarray, new_tokens: int) -> tuple[flo
         llm.eval([token])
         token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
     return prefill, time.perf_counter() - start
-
-
-def _llama_perplexity(llm, windows: np.ndarray) -> float:
-    """llama.cpp's perplexity over the second half of each window (the lab's protocol, the lab's tokens)."""
-    nll = []
-    for window in windows:
-        llm.reset()
-        llm.eval(window.tolist())
-        logits = np.asarray(llm.scores[: len(window)], dtype=np.float64)
-        top = logits.max(axis=1, keepdims=True)
-        logp = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
-        half = len(window) // 2
-        nll += [-logp[i, window[i + 1]] for i in range(half - 1, len(window) - 1)]
-    return float(np.exp(np.mean(nll)))
 
 
 def _number(value: float) -> str:

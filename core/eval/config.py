@@ -77,6 +77,7 @@ class EvalResult:
     layers_kept: dict = field(default_factory=dict)
     layers_padded: dict = field(default_factory=dict)
     layer_bits: dict = field(default_factory=dict)  # mixed precision: the width each layer got
+    distillation: list = field(default_factory=list)  # DWQ: held-out KL curve, dicts of core.quant.dwq.DwqPoint
     eval_path: str = ""
     compute_dtype: str = ""  # what the deployed model computes in: size, latency, throughput and memory
     quality_dtype: str = ""  # what the quality numbers were computed in (float32: the de-quantized weights)

@@ -34,7 +34,7 @@ def run_eval(config: EvalConfig, use_cache: bool = True, progress: quality.Progr
     with computing_in(model, cfg.dtype):  # the size as deployed
         row = dict(size_bytes=size_bytes(model), bits_per_weight=bits_per_weight(model))
     row.update(layers_quantized=len(report.quantized), layers_kept=report.kept, layers_padded=report.padded,
-               layer_bits=report.layer_bits)
+               layer_bits=report.layer_bits, distillation=[asdict(p) for p in report.distillation])
     eval_path = cfg.eval_path if cfg.eval_path != "auto" else ("dequant" if runtime.backend() == "cpu" else "kernel")
     if cfg.spec.full_precision:
         eval_path = "float"

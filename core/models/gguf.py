@@ -45,7 +45,7 @@ _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm"
 # llama.cpp's pre-tokenizer regexes per `tokenizer.ggml.pre`, as HF tokenizers components.
 # "smollm" splits every digit apart, then applies GPT-2's byte-level regex (llama.cpp llama-vocab.cpp;
 # HF's SmolLM2 tokenizer.json has the same Sequence).
-_PRE_TOKENIZERS = {
+PRE_TOKENIZERS = {
     "smollm": lambda: pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     ),
@@ -182,12 +182,12 @@ def _build_tokenizer(meta: dict) -> Tokenizer:
     if _scalar(meta, "tokenizer.ggml.model") != "gpt2":
         raise LabError("Only byte-level BPE GGUF tokenizers (tokenizer.ggml.model = 'gpt2') are supported.")
     pre = meta.get("tokenizer.ggml.pre", "gpt2")
-    if pre not in _PRE_TOKENIZERS:
-        raise LabError(f"GGUF pre-tokenizer {pre!r} is not supported (known: {sorted(_PRE_TOKENIZERS)}).")
+    if pre not in PRE_TOKENIZERS:
+        raise LabError(f"GGUF pre-tokenizer {pre!r} is not supported (known: {sorted(PRE_TOKENIZERS)}).")
     tokens = list(meta["tokenizer.ggml.tokens"])
     merges = [tuple(m.split(" ")) for m in meta["tokenizer.ggml.merges"]]
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
-    tok.pre_tokenizer = _PRE_TOKENIZERS[pre]()
+    tok.pre_tokenizer = PRE_TOKENIZERS[pre]()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     tok.decoder = decoders.ByteLevel()
     types = np.array(meta["tokenizer.ggml.token_type"])

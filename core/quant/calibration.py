@@ -19,6 +19,8 @@ from core.models import resnet
 _DEFAULT_SIZES = {"vision": 512, "lm": 32}
 _PER_LAYER_SIZES = {"vision": 256, "lm": 2}
 PER_LAYER = ("mixed", "sensitivity")
+# Distillation trains on more: CIFAR-10 train images, or WikiText-2 validation chunks (a few held out for its curve).
+_DWQ_SIZES = {"vision": 4096, "lm": 64}
 
 
 @dataclass(frozen=True)
@@ -27,11 +29,16 @@ class Calibration:
     ctx: int = 512
     seed: int = 0
     target_bpw: float | None = None  # mixed precision's budget
+    dwq: object | None = None  # core.quant.dwq.DwqSettings: distillation's steps and rate (method dwq)
+    dwq_from: str | None = None  # the method distillation starts from
+    checkpoint: str | None = None  # where distillation keeps its resumable state
 
 
 def default_size(method: str, kind: str) -> int:
     """How much calibration data `method` ('rtn' with simulated activations, 'gptq', 'awq', 'mixed' or
     'sensitivity') takes for a model of `kind` ('vision' or 'lm') unless told otherwise."""
+    if method == "dwq":
+        return _DWQ_SIZES[kind]
     return (_PER_LAYER_SIZES if method in PER_LAYER else _DEFAULT_SIZES)[kind]
 
 

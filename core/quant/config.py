@@ -3,21 +3,34 @@ dataclass, validated once; evaluation (core.eval.config.EvalConfig) extends it, 
 CLI builds its flags from the fields' metadata."""
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 
 from core import runtime
+from core.cache import digest
 from core.errors import LabError
 from core.models import registry
 from core.options import option, positive_int
 from core.quant import calibration
 from core.quant.actquant import ACT_BITS
-from core.quant.methods import METHODS, check_method
+from core.quant.dwq import CHECKPOINT_VERSION, DwqSettings
+from core.quant.methods import DWQ_STARTS, METHODS, check_method
 from core.quant.spec import QuantSpec
+from core.settings import cache_root
 
 _CALIB_HELP = ("calibration size for calibrated methods: CIFAR-10 train images (default "
                f"{calibration.default_size('gptq', 'vision')}; mixed {calibration.default_size('mixed', 'vision')}) "
                f"or WikiText-2 validation chunks (default {calibration.default_size('gptq', 'lm')}; mixed "
                f"{calibration.default_size('mixed', 'lm')})")
+
+
+# Distillation per model kind: steps, Adam rate, items per step, items held out, steps between held-out checks.
+_DWQ_DEFAULTS = {"lm": dict(steps=100, lr=1e-5, batch=1, held_out=4, eval_every=20),
+                 "vision": dict(steps=300, lr=1e-4, batch=64, held_out=512, eval_every=50)}
+
+
+def dwq_default(kind: str, name: str):
+    """Distillation's default `name` (steps, lr, batch, held_out, eval_every) for a model of `kind`."""
+    return _DWQ_DEFAULTS[kind][name]
 
 
 @dataclass(frozen=True)
@@ -29,13 +42,22 @@ class QuantConfig:
     bits: int = option(16, "2, 3, 4, 5, 6, 8, or 16 (full precision, default)", flag="--q-bits")
     group_size: int | None = option(None, "affine: 32, 64 (default) or 128", flag="--q-group-size", parse=int)
     mode: str = option("affine", "affine (default), mxfp4, nvfp4 or mxfp8", flag="--q-mode")
-    method: str = option("rtn", f"{' | '.join(METHODS)}: round to nearest (default), GPTQ, AWQ (language models) "
-                         "or mixed (per-layer bit widths from measured sensitivities; needs --target-bpw)")
+    method: str = option("rtn", f"{' | '.join(METHODS)}: round to nearest (default), GPTQ, AWQ (language models), "
+                         "mixed (per-layer bit widths from measured sensitivities; needs --target-bpw) or dwq "
+                         "(scales, biases and norms distilled from the full-precision model, from --dwq-from)")
     calib: int | None = option(None, _CALIB_HELP, parse=positive_int)
     target_bpw: float | None = option(None, "mixed: bits-per-weight budget, e.g. 4.5", parse=float)
     act_bits: int | None = option(None, "ResNets: simulate 8-bit activations (W8A8 with --q-bits 8), ranges "
                                   "calibrated on CIFAR-10 train images (evaluation only)", parse=int)
-    quantizer: str = option("minmax", "affine rounding: minmax (default) or mlx (mx.quantize)", flag="--q-quantizer")
+    quantizer: str = option("minmax", "affine rounding: minmax (default), mlx (mx.quantize) or symmetric (zero-centred, "
+                                                  "as GGUF's Q4_0/Q5_0/Q8_0 store)", flag="--q-quantizer")
+    dwq_from: str | None = option(None, f"dwq: the method it starts from, {' | '.join(DWQ_STARTS)} (default awq for "
+                                  "language models, gptq for ResNets)", parse=str)
+    dwq_steps: int | None = option(None, "dwq: training steps (default "
+                                   f"{_DWQ_DEFAULTS['lm']['steps']} for language models, "
+                                   f"{_DWQ_DEFAULTS['vision']['steps']} for ResNets)", parse=positive_int)
+    dwq_lr: float | None = option(None, "dwq: Adam learning rate (default "
+                                  f"{_DWQ_DEFAULTS['lm']['lr']:g} / {_DWQ_DEFAULTS['vision']['lr']:g})", parse=float)
     seed: int = option(0, "seed of the evaluation subset and of the calibration choice")
     keep_first: bool = option(False, "keep the first layer in full precision")
     keep_last: bool = option(False, "keep the output layer in full precision")
@@ -63,12 +85,31 @@ class QuantConfig:
         calib = None
         if calibrated or self.act_bits:
             calib = self.calib or calibration.default_size(self.method, info.kind)
+        dwq = dict(dwq_from=None, dwq_steps=None, dwq_lr=None)
+        if calibrated and self.method == "dwq":
+            dwq = self._dwq_settings(info.kind, spec, calib)
         return replace(self, bits=spec.bits, group_size=spec.group_size, mode=spec.mode, quantizer=spec.quantizer,
                        dtype=dtype,
                        method="none" if spec.full_precision else self.method, calib=calib,
-                       target_bpw=self.target_bpw if calibrated and self.method == "mixed" else None,
+                       target_bpw=self.target_bpw if calibrated and "mixed" in (self.method, dwq["dwq_from"]) else None,
+                       **dwq,
                        keep_first=self.keep_first and not spec.full_precision,
                        keep_last=self.keep_last and not spec.full_precision)
+
+    def _dwq_settings(self, kind: str, spec: QuantSpec, calib: int) -> dict:
+        start = self.dwq_from or ("awq" if kind == "lm" else "gptq")
+        if start not in DWQ_STARTS:
+            raise LabError(f"--dwq-from takes {', '.join(DWQ_STARTS)}, not {start!r}.")
+        check_method(start, kind, spec)
+        if start == "mixed" and (self.target_bpw is None or self.target_bpw <= 0):
+            raise LabError("--dwq-from mixed needs --target-bpw, the bits-per-weight budget (e.g. 4.5).")
+        defaults = _DWQ_DEFAULTS[kind]
+        if calib <= defaults["held_out"]:
+            raise LabError(f"Method dwq holds out {defaults['held_out']} calibration items; give --calib more than that.")
+        lr = self.dwq_lr if self.dwq_lr is not None else defaults["lr"]
+        if not 0 < lr < 1:
+            raise LabError(f"--dwq-lr must be between 0 and 1, not {lr:g}.")
+        return dict(dwq_from=start, dwq_steps=self.dwq_steps or defaults["steps"], dwq_lr=lr)
 
     @property
     def spec(self) -> QuantSpec:
@@ -79,14 +120,25 @@ class QuantConfig:
     def tag(self) -> str:
         """The spec's tag, with the method when it is not round-to-nearest: 'q4g64', 'q4g64-gptq', 'mixed4.5'."""
         activations = f"-a{self.act_bits}" if self.act_bits else ""
+        if self.method == "dwq":
+            return replace(self, method=self.dwq_from).tag + "-dwq"
         if self.method == "mixed":
             return f"mixed{self.target_bpw:g}-g{self.group_size}{activations}"
         return self.spec.tag + ("" if self.method in ("rtn", "none") else f"-{self.method}") + activations
 
     def as_calibration(self) -> calibration.Calibration:
-        return calibration.Calibration(self.calib or 0, self.ctx, self.seed, self.target_bpw)
+        if self.method != "dwq":
+            return calibration.Calibration(self.calib or 0, self.ctx, self.seed, self.target_bpw)
+        kind = registry.resolve(self.model).kind
+        d = _DWQ_DEFAULTS[kind]
+        settings = DwqSettings(self.dwq_steps, self.dwq_lr, d["batch"], d["held_out"], d["eval_every"], self.seed)
+        quant_fields = {f.name: getattr(self, f.name) for f in fields(QuantConfig)}  # not an evaluation's own
+        checkpoint = cache_root() / "dwq" / digest({"config": quant_fields, "version": CHECKPOINT_VERSION})
+        return calibration.Calibration(self.calib or 0, self.ctx, self.seed, self.target_bpw, settings,
+                                       self.dwq_from, str(checkpoint))
 
     def baseline(self):
         """The full-precision config with the same data settings."""
         return replace(self, bits=16, group_size=None, mode="affine", quantizer="minmax", method="none",
-                       calib=None, target_bpw=None, act_bits=None, keep_first=False, keep_last=False)
+                       calib=None, target_bpw=None, act_bits=None, keep_first=False, keep_last=False,
+                       dwq_from=None, dwq_steps=None, dwq_lr=None)

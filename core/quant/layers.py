@@ -24,6 +24,7 @@ class QuantReport:
     kept: dict[str, str] = field(default_factory=dict)  # path -> why it stayed in full precision
     padded: dict[str, str] = field(default_factory=dict)  # path -> 'K -> K_padded'
     layer_bits: dict[str, int] = field(default_factory=dict)  # mixed precision: path -> the width it got
+    distillation: list = field(default_factory=list)  # DWQ: its held-out KL curve (core.quant.dwq.DwqPoint)
 
     def summary(self) -> str:
         parts = [f"{len(self.quantized)} layers quantized"]

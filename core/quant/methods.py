@@ -1,20 +1,27 @@
-"""Quantization methods: round-to-nearest, and the calibrated ones (GPTQ, AWQ, mixed precision).
+"""Quantization methods: round-to-nearest, and the calibrated ones (GPTQ, AWQ, mixed precision, and DWQ, which
+distils any of the others).
 
 Every method ends in the same packed layout (core.quant.layers), so size, speed, export and the de-quantized
 evaluation path treat all of them alike."""
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
+from pathlib import Path
+
 import mlx.nn as nn
 
 from core.errors import LabError
 from core.quant.awq import awq_lm
-from core.quant.calibration import Calibration, calibration_inputs, calibration_tokens
+from core.quant.calibration import Calibration, calibration_inputs, calibration_tokens, default_size
+from core.quant.dwq import distill
 from core.quant.gptq import gptq_lm, gptq_resnet
 from core.quant.layers import QuantReport, quantize_model
 from core.quant.mixed import quantize_mixed
 from core.quant.spec import QuantSpec
 
-METHODS = ("rtn", "gptq", "awq", "mixed")
+METHODS = ("rtn", "gptq", "awq", "mixed", "dwq")
+DWQ_STARTS = ("rtn", "gptq", "awq", "mixed")
 LM_ONLY = ("awq",)  # AWQ moves scales into the norms before linear layers: language models only
 
 
@@ -36,7 +43,7 @@ def check_method(method: str, kind: str, spec: QuantSpec) -> None:
     if method not in methods_for(kind):
         raise LabError("AWQ is for language models; for ResNets use gptq (with BatchNorm bias correction).")
     if spec.quantizer != "minmax":
-        raise LabError(f"Method {method} uses this project's min-max grid; drop --q-quantizer mlx.")
+        raise LabError(f"Method {method} uses this project's min-max grid; drop --q-quantizer {spec.quantizer}.")
 
 
 def apply_method(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, method: str, keep: set[str],
@@ -54,4 +61,21 @@ def apply_method(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, method
         return quantize_model(model, spec, keep)
     if method == "mixed":
         return quantize_mixed(model, tokenizer, kind, spec, keep, calibration, step)
+    if method == "dwq":
+        return _distilled(model, tokenizer, kind, spec, keep, calibration, step)
     raise LabError(f"Unknown method {method!r}; available: {', '.join(METHODS)}.")
+
+
+def _distilled(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, keep: set[str], calibration: Calibration,
+               step) -> QuantReport:
+    """DWQ: the starting method's model (with that method's own calibration), then its scales, biases and norms
+    distilled from the full-precision model on calibration.size items (core.quant.dwq)."""
+    teacher = copy.deepcopy(model)
+    start = replace(calibration, size=default_size(calibration.dwq_from, kind), dwq=None)
+    report = apply_method(model, tokenizer, kind, spec, calibration.dwq_from, keep, start,
+                          progress=lambda f, m: step(0.2 * f, f"{calibration.dwq_from}: {m}"))
+    inputs = calibration_inputs(kind, tokenizer, calibration)
+    report.distillation = distill(model, teacher, inputs, calibration.dwq,
+                                  Path(calibration.checkpoint) if calibration.checkpoint else None,
+                                  progress=lambda f, m: step(0.2 + 0.8 * f, m))
+    return report

@@ -44,6 +44,22 @@ def _minmax_affine(w: mx.array, bits: int, group_size: int, stored: mx.Dtype) ->
     return pack(q.reshape(rows, cols), bits), scales, biases
 
 
+def _symmetric_affine(w: mx.array, bits: int, group_size: int, stored: mx.Dtype) -> tuple[mx.array, mx.array, mx.array]:
+    """A grid centred on zero, in MLX's affine form: bias = -2^(b-1) * scale. The weight of largest magnitude lands
+    on the grid's end point -2^(b-1) (a negative scale when it is positive), so all 2^b levels are used, as
+    llama.cpp's Q4_0 and Q5_0 do."""
+    rows, cols = w.shape
+    groups = w.astype(mx.float32).reshape(rows, cols // group_size, group_size)
+    extreme = mx.take_along_axis(groups, mx.abs(groups).argmax(axis=-1, keepdims=True), axis=-1)[..., 0]
+    half = 2 ** (bits - 1)
+    scales = (extreme / -half).astype(stored)
+    biases = (-half * scales.astype(mx.float32)).astype(stored)  # exact: a power-of-two multiple
+    s32, b32 = scales.astype(mx.float32)[..., None], biases.astype(mx.float32)[..., None]
+    safe = mx.where(s32 != 0, s32, 1.0)  # an all-zero group: every weight equals the (zero) bias
+    q = mx.clip(mx.round((groups - b32) / safe), 0, 2**bits - 1).astype(mx.uint32)
+    return pack(q.reshape(rows, cols), bits), scales, biases
+
+
 def quantize_matrix(w: mx.array, spec: QuantSpec) -> tuple[mx.array, mx.array, mx.array | None]:
     """(packed weight, scales, biases or None) for a 2-D weight whose columns divide by the group size."""
     if spec.mode != "affine":
@@ -52,8 +68,9 @@ def quantize_matrix(w: mx.array, spec: QuantSpec) -> tuple[mx.array, mx.array, m
     if spec.quantizer == "mlx":
         wq, scales, biases = mx.quantize(w.astype(stored_dtype(spec)), group_size=spec.group_size, bits=spec.bits)
         return wq, scales, biases
+    grid = _symmetric_affine if spec.quantizer == "symmetric" else _minmax_affine
     # Row blocks bound the bit-plane temporary of 3/5/6-bit packing on large embeddings.
-    parts = [_minmax_affine(w[i:i + 8192], spec.bits, spec.group_size, stored_dtype(spec))
+    parts = [grid(w[i:i + 8192], spec.bits, spec.group_size, stored_dtype(spec))
              for i in range(0, w.shape[0], 8192)]
     if len(parts) == 1:
         return parts[0]

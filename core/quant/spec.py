@@ -11,7 +11,8 @@ AFFINE_BITS = (2, 3, 4, 5, 6, 8)
 AFFINE_GROUP_SIZES = (32, 64, 128)
 FLOAT_MODES = {"mxfp4": (4, 32), "nvfp4": (4, 16), "mxfp8": (8, 32)}  # mode -> (bits, group size)
 MODES = ("affine", *FLOAT_MODES)
-QUANTIZERS = ("minmax", "mlx")
+QUANTIZERS = ("minmax", "mlx", "symmetric")
+_QUANTIZER_SUFFIX = {"minmax": "", "mlx": "-mlx", "symmetric": "-sym"}
 SCALE_DTYPES = ("float16", "bfloat16")
 _AFFINE_TAG = re.compile(r"^q(\d+)(?:g(\d+))?$")
 
@@ -23,7 +24,9 @@ class QuantSpec:
     bits: int = FULL_PRECISION_BITS
     group_size: int | None = None
     mode: str = "affine"
-    quantizer: str = "minmax"  # affine only: 'minmax' (this project's) or 'mlx' (mx.quantize, zero-snapping)
+    # affine only: 'minmax' (this project's), 'mlx' (mx.quantize, zero-snapping) or 'symmetric' (grids centred on zero,
+    # the form llama.cpp's Q4_0 / Q5_0 / Q8_0 store)
+    quantizer: str = "minmax"
     # Affine scales and biases are stored in 16 bits: bfloat16 for a model that computes in bfloat16 (a quantized
     # matmul promotes mixed dtypes to float32), float16 otherwise. Not part of the tag.
     scale_dtype: str = "float16"
@@ -44,7 +47,7 @@ class QuantSpec:
             return "fp"
         if self.mode != "affine":
             return self.mode
-        return f"q{self.bits}g{self.group_size}" + ("-mlx" if self.quantizer == "mlx" else "")
+        return f"q{self.bits}g{self.group_size}" + _QUANTIZER_SUFFIX[self.quantizer]
 
     @classmethod
     def from_tag(cls, tag: str) -> "QuantSpec":

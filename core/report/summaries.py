@@ -71,6 +71,11 @@ def result_text(r) -> str:
     if r.layer_bits:
         counts = {b: sum(1 for v in r.layer_bits.values() if v == b) for b in sorted(set(r.layer_bits.values()))}
         lines.append("  mixed precision, layers per width: " + ", ".join(f"{n} at {b} bits" for b, n in counts.items()))
+    if r.distillation:
+        first, best = r.distillation[0], min(r.distillation, key=lambda p: p["held_out_kl"])
+        lines.append(f"  distilled {r.distillation[-1]['step']} steps in {r.distillation[-1]['seconds']:.0f} s: held-out KL "
+                     f"{first['held_out_kl']:.4f} -> {best['held_out_kl']:.4f} (kept: step {best['step']}); curve "
+                     + ", ".join(f"{p['step']}: {p['held_out_kl']:.4f}" for p in r.distillation))
     lines.append(f"  {'from cache' if r.cached else f'computed in {r.eval_seconds:.1f} s'}")
     return "\n".join(lines)
 

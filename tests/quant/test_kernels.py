@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from core import runtime
-from core.quant.kernels import (CANDIDATE_ROWS, AdaptiveQuantizedLinear, dense_pays, measured_crossover,
-                                row_adaptive_layers, use_measured_kernels)
+from core.quant.kernels import (CANDIDATE_ROWS, AdaptiveQuantizedLinear, dense_pays, dense_weight,
+                                measured_crossover, row_adaptive_layers, use_measured_kernels)
 from core.quant.layers import ExactQuantizedEmbedding, quantize_model
+from core.quant.quantizers import dequantize_matrix, quantize_matrix
 from core.quant.spec import QuantSpec
 
 
@@ -49,6 +50,16 @@ def test_dense_rows_compute_what_the_packed_kernel_computes(spec):
     scale = float(mx.abs(packed).max())
     assert float(mx.abs(dense - packed).max()) <= 1e-5 * scale + 1e-6
     assert (dense.argmax(-1) == packed.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(2, 32), QuantSpec(4, 64), QuantSpec(8, 128), QuantSpec(4, 64, quantizer="symmetric"),
+                                  QuantSpec(3, 64), QuantSpec(6, 32)], ids=lambda s: s.tag)
+@pytest.mark.parametrize("scale_dtype", ["float16", "bfloat16"])
+def test_the_dense_weight_is_the_de_quantized_weight_bit_for_bit(spec, scale_dtype):
+    spec = QuantSpec(spec.bits, spec.group_size, quantizer=spec.quantizer, scale_dtype=scale_dtype).validated()
+    w = 0.1 * mx.random.normal((96, 256), key=mx.random.key(spec.bits))
+    packed = quantize_matrix(w, spec)
+    assert mx.array_equal(dense_weight(*packed, spec), dequantize_matrix(*packed, spec)).item()
 
 
 def test_only_enough_float32_rows_take_the_dense_path():
