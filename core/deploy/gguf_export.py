@@ -21,9 +21,11 @@ from pathlib import Path
 
 import mlx.nn as nn
 
+from core.deploy.export import source_folder
 from core.deploy.gguf_blocks import FILE_TYPES, encode_layer
 from core.deploy.gguf_metadata import llama_hparams, tokenizer_fields
 from core.errors import LabError
+from core.models.registry import resolve
 from core.quant.config import QuantConfig
 from core.quant.layers import bits_per_weight
 from core.quant.recipe import Quantized, quantize
@@ -56,11 +58,17 @@ def export_gguf(config: QuantConfig, out: Path, force: bool = False, gguf_type: 
                 progress=None) -> GgufResult:
     """Quantize `config` (core.quant.recipe, as an evaluation does) and write it to the GGUF file `out`."""
     cfg = config.validated()  # bad flags fail before the destination is touched or any work is done
+    _check_kind(resolve(cfg.model).kind)
     if cfg.act_bits:
         raise LabError("--act-bits simulates integer activations during evaluation; a GGUF holds the weights only.")
     gguf_type = _checked_type(gguf_type)
     check_gguf_destination(Path(os.path.abspath(out)), force)
     return write_gguf(quantize(cfg, progress), out, force, gguf_type)
+
+
+def _check_kind(kind: str) -> None:
+    if kind != "lm":
+        raise LabError("GGUF holds language models; ResNets export to the lab's folder format (drop --format gguf).")
 
 
 def _checked_type(gguf_type: str | None) -> str | None:
@@ -81,8 +89,7 @@ def write_gguf(q: Quantized, out: Path, force: bool = False, gguf_type: str | No
     """Write the quantized language model `q` to the GGUF file `out` (see the module docstring)."""
     import gguf  # the gguf package (PyPI): imported here so the rest of the lab runs without it
 
-    if q.info.kind != "lm":
-        raise LabError("GGUF holds language models; ResNets export to the lab's folder format (drop --format gguf).")
+    _check_kind(q.info.kind)
     gguf_type = _checked_type(gguf_type)
     out = Path(os.path.abspath(out))
     check_gguf_destination(out, force)
@@ -144,8 +151,6 @@ def _staging_file(out: Path) -> Path:
 # ---- the model's description -------------------------------------------------------------------------------------
 
 def _source_folder(q: Quantized) -> Path:
-    from core.deploy.export import source_folder
-
     return source_folder(q.info)
 
 

@@ -24,8 +24,8 @@ _CALIB_HELP = ("calibration size for calibrated methods: CIFAR-10 train images (
 
 
 # Distillation per model kind: steps, Adam rate, items per step, items held out, steps between held-out checks.
-_DWQ_DEFAULTS = {"lm": dict(steps=100, lr=1e-5, batch=1, held_out=4, eval_every=20),
-                 "vision": dict(steps=300, lr=1e-4, batch=64, held_out=512, eval_every=50)}
+_DWQ_DEFAULTS = {"lm": dict(steps=100, lr=2e-4, batch=1, held_out=4, eval_every=20),
+                 "vision": dict(steps=300, lr=1e-5, batch=64, held_out=512, eval_every=50)}
 
 
 def dwq_default(kind: str, name: str):
