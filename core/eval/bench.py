@@ -18,6 +18,7 @@ from core.deploy import fastdecode, generate, prompts
 from core.deploy.ids import load_deployed, parse_model_id
 from core.eval import quality
 from core.eval.bench_rows import BenchRow, best_of
+from core.eval.frontier_bench import frontier
 from core.eval.eval_speed_bench import eval_command_speed, ppl_eval_speed, resnet_eval_speed
 from core.eval.speed import bench_generation
 from core.eval.llamacpp_peer import llama_perplexity
@@ -222,7 +223,7 @@ def serving() -> list[BenchRow]:
 
 
 SECTIONS = {"resnet": resnet_eval_speed, "eval-command": eval_command_speed, "ppl": ppl_eval_speed, "decode": decode_speed, "llama-cpp": llama_cpp_peer,
-            "full-eval": full_eval_speed, "decode-ceiling": decode_ceiling, "serving": serving}
+            "full-eval": full_eval_speed, "frontier": frontier, "decode-ceiling": decode_ceiling, "serving": serving}
 
 
 def run_bench(sections: list[str], out_dir: Path, command: str, quick: bool = False) -> Path:

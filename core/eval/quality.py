@@ -85,7 +85,7 @@ def chunk_windows(tokens: np.ndarray, ctx: int, bos_id: int | None) -> np.ndarra
     return windows
 
 
-def _scored_logprobs(model: nn.Module, batch: mx.array, first: int) -> mx.array:
+def scored_logprobs(model: nn.Module, batch: mx.array, first: int) -> mx.array:
     """Log-probabilities at positions first..ctx-2 (which predict tokens first+1..ctx-1), float32.
 
     For mlx-lm models with the usual `model.model` + head split, the vocabulary projection (a fifth of
@@ -111,11 +111,11 @@ def perplexity(model: nn.Module, windows: np.ndarray, reference: nn.Module | Non
     def score(rows: np.ndarray) -> tuple[mx.array, ...]:
         batch = mx.array(rows)
         targets = batch[:, first + 1:, None]
-        logp = _scored_logprobs(model, batch, first)
+        logp = scored_logprobs(model, batch, first)
         nll = -mx.take_along_axis(logp, targets, axis=-1).squeeze(-1)
         if reference is None:
             return (nll,)
-        ref_logp = _scored_logprobs(reference, batch, first)
+        ref_logp = scored_logprobs(reference, batch, first)
         kl = (mx.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1)
         return nll, kl, -mx.take_along_axis(ref_logp, targets, axis=-1).squeeze(-1)
 

@@ -175,7 +175,8 @@ def test_cli_writes_a_gguf_and_replaces_its_own(tmp_path):
 def test_llama_cpp_computes_the_labs_perplexity_from_the_file(smollm2_gguf):
     from core import data
     from core.eval import quality
-    from core.eval.llamacpp_peer import llama_perplexity
+    from core.eval.llamacpp_peer import llama_perplexity, llama_quality
+    from core.eval.quality import scored_logprobs
 
     q, result = smollm2_gguf
     tokens = quality.wikitext_tokens("smollm2-135m-instruct", q.tokenizer)
@@ -184,8 +185,16 @@ def test_llama_cpp_computes_the_labs_perplexity_from_the_file(smollm2_gguf):
                           n_threads=2)
     assert llm.tokenize(b"Hello, 2024 world!", add_bos=False) == q.tokenizer.encode("Hello, 2024 world!")
     theirs = llama_perplexity(llm, windows)
-    ours = quality.perplexity(dequantize_model(q.model), windows).ppl
-    assert abs(theirs / ours - 1) < 0.01, (theirs, ours)
+    ours = quality.perplexity(dequantize_model(q.model), windows)
+    assert abs(theirs / ours.ppl - 1) < 0.01, (theirs, ours.ppl)
+    # the frontier bench's scorer: same perplexity, and next to no divergence from the lab's logits for the same
+    # weights (llama.cpp rounds activations to 8 bits inside its dot products)
+    first = windows.shape[1] // 2
+    lab_logp = [np.array(scored_logprobs(dequantize_model(q.model), mx.array(w[None]), first)[0], dtype=np.float64)
+                for w in windows]
+    measured = llama_quality(llm, windows, lab_logp)
+    assert measured["tokens"] == ours.n_tokens and measured["ppl"] == pytest.approx(theirs, rel=1e-9)
+    assert measured["kl"] < 0.01, measured
 
 
 @needs_llama_cpp

@@ -52,13 +52,13 @@ def lab_loglikelihoods(docs: list[str]) -> list[float]:
     import mlx.core as mx
 
     from core.deploy.ids import load_deployed, parse_model_id
-    from core.eval.quality import _scored_logprobs
+    from core.eval.quality import scored_logprobs
 
     deployed = load_deployed(*parse_model_id(LM))
     out = []
     for doc in docs:
         tokens = [PREFIX_TOKEN, *deployed.tokenizer.encode(doc)]
-        logp = _scored_logprobs(deployed.model, mx.array(tokens)[None], 0)[0]
+        logp = scored_logprobs(deployed.model, mx.array(tokens)[None], 0)[0]
         targets = mx.array(tokens[1:])
         out.append(float(mx.take_along_axis(logp, targets[:, None], axis=-1).sum()))
     return out
