@@ -6,8 +6,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from core.quant.layers import spec_of
 from core.quant.quantizers import dequantize_matrix
-from core.quant.spec import QuantSpec
 
 GGUF_BLOCK = 32  # every GGUF type written here stores blocks of 32 weights
 # llama.cpp's general.file_type for the type most weights are in
@@ -21,8 +21,7 @@ def _rows_permutation(rows: int, heads: int) -> np.ndarray:
 
 def _float_weight(module: nn.Module) -> np.ndarray:
     if hasattr(module, "bits"):
-        spec = QuantSpec(module.bits, module.group_size, module.mode)
-        w = dequantize_matrix(module.weight, module.scales, module.get("biases"), spec)
+        w = dequantize_matrix(module.weight, module.scales, module.get("biases"), spec_of(module))
     else:
         w = module.weight.astype(mx.float32)
     return np.array(w, dtype=np.float32)
@@ -79,13 +78,12 @@ def exact_blocks(module: nn.Module) -> tuple[np.ndarray, str] | None:
     q = q.reshape(rows, cols // GGUF_BLOCK, GGUF_BLOCK)
     d = np.repeat(scales, per_group, axis=1)[..., None].view(np.uint8)  # rows, blocks, 2
     m = np.repeat(biases, per_group, axis=1)[..., None].view(np.uint8)
-    low = q & 0x0F
-    nibbles = low[..., :16] | (low[..., 16:] << 4)
-    high = np.packbits((q >> 4) & 1, axis=-1, bitorder="little")  # bit j: the fifth bit of weight j
     if bits == 8:
         parts = [d, (q.astype(np.int16) - 128).astype(np.int8).view(np.uint8)]
-    elif bits == 4:
-        parts = [d, nibbles] if symmetric else [d, m, nibbles]
     else:
-        parts = [d, high, nibbles] if symmetric else [d, m, high, nibbles]
+        low = q & 0x0F
+        packed = [low[..., :16] | (low[..., 16:] << 4)]  # byte j: weight j (low nibble) and weight j+16
+        if bits == 5:  # first, a 32-bit word whose bit j is the fifth bit of weight j
+            packed.insert(0, np.packbits((q >> 4) & 1, axis=-1, bitorder="little"))
+        parts = [d, *packed] if symmetric else [d, m, *packed]
     return np.concatenate(parts, axis=-1).reshape(rows, -1), qtype[(bits, symmetric)]
