@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # On the GPU host, from the checkout root, once scripts/gpu_stage.sh's parts have arrived: MLX through
 # ../shared/device's stage1.sh/stage2.sh (.gpu/p1, .gpu/p2), then this script, which installs the server's
-# dependencies (.gpu/deps) beside MLX in /tmp/site, rebuilds the SmolLM2 GGUF from its halves (copied from
-# .gpu/gguf-a and .gpu/gguf-b into /root/gguf-parts as each arrives), converts it and runs the bench sections.
-# Usage: scripts/gpu_run.sh SECTIONS OUT_DIR   (e.g. scripts/gpu_run.sh serving "$OUT/bench")
+# dependencies (.gpu/deps) beside MLX in /tmp/site, rebuilds the SmolLM2 GGUF from its pieces (copied from
+# .gpu/gguf-a, -b, -c into /root/gguf-parts as each arrives), converts it and runs the bench sections with the
+# WikiText-2 copy (.gpu/wiki, copied to /root/wiki) as the mirror. Further arguments go to the bench.
+# Usage: scripts/gpu_run.sh SECTIONS OUT_DIR [BENCH ARGS]   (e.g. scripts/gpu_run.sh serving "$OUT/bench";
+# scripts/gpu_run.sh frontier-lab+frontier-mlx-lm "$OUT" --time-limit 480 runs two processes side by side)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sections=${1:?sections}; out=${2:?output folder}
+sections=${1:?sections}; out=${2:?output folder}; shift 2
 export PYTHONPATH=/tmp/site
 if ! python3 -c "import fastapi, uvicorn, uvloop, httptools, multipart, outlines_core" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-compile --target /tmp/site --find-links .gpu/deps \
@@ -15,9 +17,19 @@ fi
 gguf=/root/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -f "$gguf" ]; then
   mkdir -p /root/gguf
-  cat /root/gguf-parts/gguf-part.00 /root/gguf-parts/gguf-part.01 > "$gguf"
+  cat /root/gguf-parts/gguf-part.* > "$gguf"
   test "$(sha256sum "$gguf" | cut -d' ' -f1)" = "$(cat /root/gguf-parts/sha256)"
 fi
-export MLXQ_SMOLLM2_GGUF=$gguf MLXQ_CACHE=/root/mlxq-cache
+export MLXQ_SMOLLM2_GGUF=$gguf MLXQ_CACHE=/root/mlxq-cache MLXQ_MIRROR=${MLXQ_MIRROR:-/root/wiki}
 python3 -m core prepare
-python3 -m core bench --sections "$sections" --out "$out"
+# SECTIONS joined by + run side by side, one process each, reports in OUT_DIR/<sections>/
+IFS='+' read -ra parts <<< "$sections"
+if [ ${#parts[@]} -eq 1 ]; then
+  python3 -m core bench --sections "$sections" --out "$out" "$@"
+else
+  for part in "${parts[@]}"; do
+    mkdir -p "$out/$part"
+    python3 -m core bench --sections "$part" --out "$out/$part" "$@" > "$out/$part/log" 2>&1 &
+  done
+  wait
+fi

@@ -1,11 +1,17 @@
-"""Trade-offs: live charts from every measured row, the Pareto frontier marked, filters by model and backend."""
+"""Trade-offs: live charts from every measured row, the Pareto frontier marked, filters by model and backend; and
+the lab against llama.cpp's and mlx-lm's formats from the `frontier` bench reports."""
 import streamlit as st
 
 from core.report import charts
+from views._ecosystem import show_ecosystem
 from views._ui import demo_toggle, result_rows
 
 st.title("Trade-offs")
 demo = demo_toggle()
+if st.radio("Show", ["Your runs", "Against the ecosystem"], horizontal=True, key="t_view",
+            label_visibility="collapsed") == "Against the ecosystem":
+    show_ecosystem()
+    st.stop()
 df = charts.frame(result_rows(demo))
 if df.empty:
     st.info("No measured results yet: run a configuration on the Quantize page, or `./lab demo` for a prepared sweep.")

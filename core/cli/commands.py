@@ -151,7 +151,8 @@ def cmd_bench(args) -> int:
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         raise LabError(f"Unknown bench section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}.")
-    report = run_bench(sections, Path(args.out), "python -m core bench " + " ".join(sys.argv[2:]), quick=args.quick)
+    report = run_bench(sections, Path(args.out), "python -m core bench " + " ".join(sys.argv[2:]), quick=args.quick,
+                       chunks=args.chunks, compare=args.compare_chunks, time_limit=args.time_limit)
     print(report.read_text())
     return 0
 

@@ -123,6 +123,14 @@ def _other_commands(sub) -> None:
     p.add_argument("--sections", default="resnet,eval-command,ppl,decode,llama-cpp", help="comma-separated sections")
     p.add_argument("--out", default="docs/bench", help="output folder")
     p.add_argument("--quick", action="store_true", help="subsets (1,000 images, 2 chunks) for a fast check")
+    p.add_argument("--chunks", type=positive_int, default=None,
+                   help="frontier sections: WikiText-2 test chunks, evenly spread (default: all 592)")
+    p.add_argument("--compare-chunks", type=positive_int, default=None,
+                   help="frontier sections: also score on this many evenly spread chunks (llama.cpp's types run "
+                        "on those only: the CPU-bound peer)")
+    p.add_argument("--time-limit", type=positive_int, default=None,
+                   help="frontier sections: start no new subject after this many seconds (a device's limit); the "
+                        "journal beside the report lets the next run go on")
     p.set_defaults(func=commands.cmd_bench)
     p = sub.add_parser("train", help="train a CIFAR-10 ResNet from scratch (resumes from --out)")
     p.add_argument("--model", default="resnet20", help="resnet20 (default), resnet32, resnet44 or resnet56")

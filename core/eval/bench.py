@@ -18,7 +18,7 @@ from core.deploy import fastdecode, generate, prompts
 from core.deploy.ids import load_deployed, parse_model_id
 from core.eval import quality
 from core.eval.bench_rows import BenchRow, best_of
-from core.eval.frontier_bench import frontier
+from core.eval.frontier.section import SECTIONS as FRONTIER_SECTIONS
 from core.eval.eval_speed_bench import eval_command_speed, ppl_eval_speed, resnet_eval_speed
 from core.eval.speed import bench_generation
 from core.eval.llamacpp_peer import llama_perplexity
@@ -223,11 +223,17 @@ def serving() -> list[BenchRow]:
 
 
 SECTIONS = {"resnet": resnet_eval_speed, "eval-command": eval_command_speed, "ppl": ppl_eval_speed, "decode": decode_speed, "llama-cpp": llama_cpp_peer,
-            "full-eval": full_eval_speed, "frontier": frontier, "decode-ceiling": decode_ceiling, "serving": serving}
+            "full-eval": full_eval_speed, "decode-ceiling": decode_ceiling, "serving": serving, **FRONTIER_SECTIONS}
 
 
-def run_bench(sections: list[str], out_dir: Path, command: str, quick: bool = False) -> Path:
+def run_bench(sections: list[str], out_dir: Path, command: str, quick: bool = False, chunks: int | None = None,
+              compare: int | None = None, time_limit: float | None = None) -> Path:
+    """Run `sections`, write <backend>-<device>.csv and .md into `out_dir`; frontier sections measure `chunks`
+    WikiText-2 test chunks (all by default, 2 with `quick`), also `compare` spread ones, and keep a journal
+    beside the report."""
     rows: list[BenchRow] = []
+    env = runtime.describe()
+    stem = f"{env['backend']}-{re.sub(r'[^a-z0-9]+', '_', env['device'].lower()).strip('_')}"  # plain file names
     for name in sections:
         print(f"bench: {name}", file=sys.stderr, flush=True)
         fn = SECTIONS[name]
@@ -235,10 +241,11 @@ def run_bench(sections: list[str], out_dir: Path, command: str, quick: bool = Fa
             rows += fn(limit=1000)
         elif quick and name == "ppl":
             rows += fn(chunks=2)
+        elif name in FRONTIER_SECTIONS:
+            rows += fn(chunks=2 if quick else chunks, journal=out_dir / f"{stem}-{name}.jsonl", compare=compare,
+                       time_limit=time_limit)
         else:
             rows += fn()
-    env = runtime.describe()
-    stem = f"{env['backend']}-{re.sub(r'[^a-z0-9]+', '_', env['device'].lower()).strip('_')}"  # plain file names
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _scored_logprobs(llm, window: np.ndarray) -> np.ndarray:
+def scored_logprobs(llm, window: np.ndarray) -> np.ndarray:
     """llama.cpp's log-probabilities at positions half .. len-2 of `window` (float64)."""
     llm.reset()
     llm.eval(window.tolist())
@@ -21,7 +21,7 @@ def _token_losses(logp: np.ndarray, window: np.ndarray) -> np.ndarray:
 
 def llama_perplexity(llm, windows: np.ndarray) -> float:
     """llama.cpp's perplexity over the second half of each window."""
-    return float(np.exp(np.concatenate([_token_losses(_scored_logprobs(llm, w), w) for w in windows]).mean()))
+    return float(np.exp(np.concatenate([_token_losses(scored_logprobs(llm, w), w) for w in windows]).mean()))
 
 
 def llama_quality(llm, windows: np.ndarray, reference_logp: list[np.ndarray]) -> dict:
@@ -30,7 +30,7 @@ def llama_quality(llm, windows: np.ndarray, reference_logp: list[np.ndarray]) ->
     of window i."""
     nll, kl = [], []
     for window, ref in zip(windows, reference_logp):
-        logp = _scored_logprobs(llm, window)
+        logp = scored_logprobs(llm, window)
         nll.append(_token_losses(logp, window))
         kl.append((np.exp(ref) * (ref - logp)).sum(axis=1))
     nll, kl = np.concatenate(nll), np.concatenate(kl)

@@ -20,9 +20,11 @@ from core.quant.spec import QuantSpec
 GRID = 20  # scale ratios (and clipping ratios) tried per search, as mlx-lm
 
 
-def awq_lm(model: nn.Module, spec: QuantSpec, tokens: mx.array, progress, grid: int = GRID) -> None:
+def awq_lm(model: nn.Module, spec: QuantSpec, tokens: mx.array, progress, grid: int = GRID,
+           specs: dict[str, QuantSpec] | None = None) -> None:
     """Scale and clip the model's linear layers in place, block by block; a block whose output error after
-    round-to-nearest the search does not lower keeps its weights."""
+    round-to-nearest the search does not lower keeps its weights. `specs` gives layers their own width (mixed
+    precision): each layer's scales, clipping and error are then judged at its own width."""
     from mlx_lm.models.base import create_attention_mask
     from mlx_lm.quant.awq import AWQ_MODEL_CONFIGS, clip_block, mse, run_layer, scale_block
 
@@ -34,11 +36,11 @@ def awq_lm(model: nn.Module, spec: QuantSpec, tokens: mx.array, progress, grid: 
     def fake_quantize(w: mx.array) -> mx.array:
         return dequantize_matrix(*quantize_matrix(w, spec), spec, w.dtype)
 
-    def block_error(block, x, mask, reference) -> float:
+    def block_error(block, x, mask, reference, rounding) -> float:
         saved = _weights(block)
-        for _, layer in tree_flatten(block.leaf_modules(), is_leaf=nn.Module.is_module):
+        for path, layer in tree_flatten(block.leaf_modules(), is_leaf=nn.Module.is_module):
             if isinstance(layer, nn.Linear):
-                layer.weight = fake_quantize(layer.weight)
+                layer.weight = rounding[path](layer.weight)
         error = (mse(reference, run_layer(block, x, mask=mask)).sum() / reference.size).item()
         block.update(saved)
         return error
@@ -51,18 +53,79 @@ def awq_lm(model: nn.Module, spec: QuantSpec, tokens: mx.array, progress, grid: 
         block.update_modules(_capturing(leaves))
         reference = run_layer(block, x, mask=mask)  # float outputs; the layers keep their inputs in .input_feat
         block.update_modules(leaves)
-        before = block_error(block, x, mask, reference)
+        rounding = _rounding(block, f"model.layers.{b}.", spec, specs or {})
+        before = block_error(block, x, mask, reference, rounding)
         original = _weights(block)
-        scale_block(block=block, configs=config.scale_configs, quantize_func=fake_quantize,
-                    layer_kwargs={"mask": mask}, n_grid=grid)
-        clip_block(block=block, no_clip_keys=config.no_clip, quantize_func=fake_quantize,
-                   group_size=spec.group_size, n_grid=grid)
+        if specs:
+            _scale_mixed(block, config, rounding, {"mask": mask}, grid)
+            _clip_mixed(block, config.no_clip, rounding, spec, specs, f"model.layers.{b}.", grid)
+        else:
+            scale_block(block=block, configs=config.scale_configs, quantize_func=fake_quantize,
+                        layer_kwargs={"mask": mask}, n_grid=grid)
+            clip_block(block=block, no_clip_keys=config.no_clip, quantize_func=fake_quantize,
+                       group_size=spec.group_size, n_grid=grid)
         _forget_inputs(block)
-        after = block_error(block, x, mask, reference)
+        after = block_error(block, x, mask, reference, rounding)
         if after > before:  # the search made this block worse: keep its original weights
             block.update(original)
         x = reference
         mx.eval(block.parameters())
+
+
+def _rounding(block: nn.Module, prefix: str, spec: QuantSpec, specs: dict[str, QuantSpec]) -> dict:
+    """{path in block: the function that rounds that layer's weight at its own width (identity when kept)}."""
+    def at(layer_spec: QuantSpec):
+        if layer_spec.full_precision:
+            return lambda w: w
+        layer_spec = layer_spec.validated()
+        return lambda w: dequantize_matrix(*quantize_matrix(w, layer_spec), layer_spec, w.dtype)
+
+    return {p: at(specs.get(prefix + p, spec)) for p, m in tree_flatten(block.leaf_modules(), is_leaf=nn.Module.is_module)
+            if isinstance(m, nn.Linear)}
+
+
+def _scale_mixed(block: nn.Module, config, rounding: dict, layer_kwargs: dict, grid: int) -> None:
+    """mlx-lm's per-channel scale search (search_best_scale), with each layer rounded at its own width: for every
+    group of layers that share an input, the ratio on a grid of (mean |activation|)^ratio whose rounded output is
+    closest to the float output, folded into the operation before them (mlx-lm's apply_scale)."""
+    from mlx_lm.quant.awq import apply_scale, mse, run_layer, submodule_from_key
+
+    for conf in config.scale_configs:
+        if conf.use_config is not None and not conf.use_config(block):
+            continue
+        local = block[conf.block] if conf.block is not None else None
+        names = [(f"{conf.block}." if conf.block is not None else "") + name for name in conf.layers]
+        layers = [submodule_from_key(block, name) for name in names]
+        kwargs = {k: layer_kwargs[k] for k in conf.kwargs if k in layer_kwargs}
+        kwargs.update({k: getattr(layers[0], k) for k in conf.kwargs if hasattr(layers[0], k)})
+        target = local or layers[0]
+        x = layers[0].input_feat
+        out = target(x, **kwargs)
+        x_mean = x.abs().mean(axis=(0, 1))
+        saved = tree_flatten(target.parameters())
+        best, best_scales = float("inf"), None
+        for step in range(grid):
+            scales = mx.maximum(x_mean ** (step / grid), 1e-4).reshape(-1)
+            scales = scales / (scales.max() * scales.min()).sqrt()
+            for name, layer in zip(names, layers):
+                layer.weight = rounding[name](layer.weight * scales) / scales
+            error = (mse(out, run_layer(target, x, **kwargs)).sum() / out.size).item()
+            if error < best:
+                best, best_scales = error, scales
+            target.load_weights(saved)
+        apply_scale(submodule_from_key(block, conf.prev), layers, best_scales)
+
+
+def _clip_mixed(block: nn.Module, no_clip, rounding: dict, spec: QuantSpec, specs: dict, prefix: str,
+                grid: int) -> None:
+    """mlx-lm's per-group clipping search (search_best_clip), each layer at its own width and group size."""
+    from mlx_lm.quant.awq import search_best_clip
+
+    for path, layer in tree_flatten(block.leaf_modules(), is_leaf=nn.Module.is_module):
+        layer_spec = specs.get(prefix + path, spec)
+        if isinstance(layer, nn.Linear) and not layer_spec.full_precision and all(k not in path for k in no_clip):
+            layer.weight = search_best_clip(layer, quantize_func=rounding[path], group_size=layer_spec.group_size,
+                                            n_grid=grid)
 
 
 def _capturing(leaves):

@@ -32,6 +32,7 @@ class Calibration:
     dwq: object | None = None  # core.quant.dwq.DwqSettings: distillation's steps and rate (method dwq)
     dwq_from: str | None = None  # the method distillation starts from
     checkpoint: str | None = None  # where distillation keeps its resumable state
+    mixed_layers: str = "rtn"  # how mixed precision quantizes each layer at its width: rtn, gptq or awq
 
 
 def default_size(method: str, kind: str) -> int:

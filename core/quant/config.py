@@ -13,7 +13,7 @@ from core.options import option, positive_int
 from core.quant import calibration
 from core.quant.actquant import ACT_BITS
 from core.quant.dwq import CHECKPOINT_VERSION, DwqSettings
-from core.quant.methods import DWQ_STARTS, METHODS, check_method
+from core.quant.methods import DWQ_STARTS, METHODS, MIXED_LAYERS, check_method
 from core.quant.spec import QuantSpec
 from core.settings import cache_root
 
@@ -47,6 +47,8 @@ class QuantConfig:
                          "(scales, biases and norms distilled from the full-precision model, from --dwq-from)")
     calib: int | None = option(None, _CALIB_HELP, parse=positive_int)
     target_bpw: float | None = option(None, "mixed: bits-per-weight budget, e.g. 4.5", parse=float)
+    mixed_layers: str | None = option(None, f"mixed: how each layer is quantized at its width, {' | '.join(MIXED_LAYERS)} "
+                                      "(default rtn; awq for language models)", parse=str)
     act_bits: int | None = option(None, "ResNets: simulate 8-bit activations (W8A8 with --q-bits 8), ranges "
                                   "calibrated on CIFAR-10 train images (evaluation only)", parse=int)
     quantizer: str = option("minmax", "affine rounding: minmax (default), mlx (mx.quantize) or symmetric (zero-centred, "
@@ -88,13 +90,25 @@ class QuantConfig:
         dwq = dict(dwq_from=None, dwq_steps=None, dwq_lr=None)
         if calibrated and self.method == "dwq":
             dwq = self._dwq_settings(info.kind, spec, calib)
+        mixed = calibrated and "mixed" in (self.method, dwq["dwq_from"])
+        layers = self._mixed_layers(info.kind, spec, mixed)
         return replace(self, bits=spec.bits, group_size=spec.group_size, mode=spec.mode, quantizer=spec.quantizer,
                        dtype=dtype,
                        method="none" if spec.full_precision else self.method, calib=calib,
-                       target_bpw=self.target_bpw if calibrated and "mixed" in (self.method, dwq["dwq_from"]) else None,
+                       target_bpw=self.target_bpw if mixed else None, mixed_layers=layers,
                        **dwq,
                        keep_first=self.keep_first and not spec.full_precision,
                        keep_last=self.keep_last and not spec.full_precision)
+
+    def _mixed_layers(self, kind: str, spec: QuantSpec, mixed: bool) -> str | None:
+        if self.mixed_layers is None or not mixed:
+            if self.mixed_layers not in (None, "rtn") and not spec.full_precision:
+                raise LabError("--mixed-layers applies to method mixed (or dwq from mixed).")
+            return "rtn" if mixed else None
+        if self.mixed_layers not in MIXED_LAYERS:
+            raise LabError(f"--mixed-layers takes {', '.join(MIXED_LAYERS)}, not {self.mixed_layers!r}.")
+        check_method(self.mixed_layers, kind, spec)
+        return self.mixed_layers
 
     def _dwq_settings(self, kind: str, spec: QuantSpec, calib: int) -> dict:
         start = self.dwq_from or ("awq" if kind == "lm" else "gptq")
@@ -123,22 +137,24 @@ class QuantConfig:
         if self.method == "dwq":
             return replace(self, method=self.dwq_from).tag + "-dwq"
         if self.method == "mixed":
-            return f"mixed{self.target_bpw:g}-g{self.group_size}{activations}"
+            layers = "" if self.mixed_layers in (None, "rtn") else f"-{self.mixed_layers}"
+            return f"mixed{self.target_bpw:g}-g{self.group_size}{layers}{activations}"
         return self.spec.tag + ("" if self.method in ("rtn", "none") else f"-{self.method}") + activations
 
     def as_calibration(self) -> calibration.Calibration:
         if self.method != "dwq":
-            return calibration.Calibration(self.calib or 0, self.ctx, self.seed, self.target_bpw)
+            return calibration.Calibration(self.calib or 0, self.ctx, self.seed, self.target_bpw,
+                                           mixed_layers=self.mixed_layers or "rtn")
         kind = registry.resolve(self.model).kind
         d = _DWQ_DEFAULTS[kind]
         settings = DwqSettings(self.dwq_steps, self.dwq_lr, d["batch"], d["held_out"], d["eval_every"], self.seed)
         quant_fields = {f.name: getattr(self, f.name) for f in fields(QuantConfig)}  # not an evaluation's own
         checkpoint = cache_root() / "dwq" / digest({"config": quant_fields, "version": CHECKPOINT_VERSION})
         return calibration.Calibration(self.calib or 0, self.ctx, self.seed, self.target_bpw, settings,
-                                       self.dwq_from, str(checkpoint))
+                                       self.dwq_from, str(checkpoint), self.mixed_layers or "rtn")
 
     def baseline(self):
         """The full-precision config with the same data settings."""
         return replace(self, bits=16, group_size=None, mode="affine", quantizer="minmax", method="none",
-                       calib=None, target_bpw=None, act_bits=None, keep_first=False, keep_last=False,
+                       calib=None, target_bpw=None, mixed_layers=None, act_bits=None, keep_first=False, keep_last=False,
                        dwq_from=None, dwq_steps=None, dwq_lr=None)

@@ -144,12 +144,15 @@ class _MeanCatcher(HessianCatcher):
         return self._sum / max(self._count, 1)
 
 
-def gptq_lm(model: nn.Module, spec: QuantSpec, keep: set[str], tokens: mx.array, progress, batch: int = 8):
+def gptq_lm(model: nn.Module, spec: QuantSpec, keep: set[str], tokens: mx.array, progress, batch: int = 8,
+            specs: dict[str, QuantSpec] | None = None):
     """GPTQ the Linear layers of a LLaMA-style mlx-lm model block by block: each block's Hessians come from the
     calibration activations as the already-quantized blocks before it produce them. The embedding (and a head
-    tied to it) is left to round-to-nearest. Returns {path: packed}."""
+    tied to it) is left to round-to-nearest. `specs` gives layers their own width (mixed precision; a
+    full-precision spec leaves the layer alone). Returns {path: packed}."""
     from mlx_lm.models.base import create_attention_mask
 
+    specs = specs or {}
     inner = getattr(model, "model", None)
     if inner is None or "embed_tokens" not in inner or not hasattr(model, "layers"):
         raise LabError("GPTQ here supports LLaMA-style mlx-lm models (model.embed_tokens and model.layers).")
@@ -160,8 +163,11 @@ def gptq_lm(model: nn.Module, spec: QuantSpec, keep: set[str], tokens: mx.array,
     for b, block in enumerate(blocks):
         progress(b / len(blocks), f"GPTQ block {b + 1}/{len(blocks)}")
         prefix = f"model.layers.{b}."
-        local = [p for p, m in tree_flatten(block.leaf_modules(), is_leaf=nn.Module.is_module)
-                 if isinstance(m, nn.Linear) and prefix + p not in keep and m.weight.shape[1] % spec.group_size == 0]
+        leaves = tree_flatten(block.leaf_modules(), is_leaf=nn.Module.is_module)
+        chosen = {p: specs.get(prefix + p, spec).validated() for p, m in leaves
+                  if isinstance(m, nn.Linear) and prefix + p not in keep}
+        local = [p for p, s in chosen.items()
+                 if not s.full_precision and module_at(block, p).weight.shape[1] % s.group_size == 0]
         catchers = {p: HessianCatcher(module_at(block, p), lambda v: v.reshape(-1, v.shape[-1])) for p in local}
         for p, c in catchers.items():
             swap(block, p, c)
@@ -169,8 +175,8 @@ def gptq_lm(model: nn.Module, spec: QuantSpec, keep: set[str], tokens: mx.array,
             mx.eval(block(x[i:i + batch], mask))
         for p, c in catchers.items():
             swap(block, p, c.layer)
-            packed[prefix + p] = gptq_matrix(c.layer.weight, c.hessian(), spec)
-            c.layer.weight = dequantize_matrix(*packed[prefix + p], spec, c.layer.weight.dtype)
+            packed[prefix + p] = gptq_matrix(c.layer.weight, c.hessian(), chosen[p])
+            c.layer.weight = dequantize_matrix(*packed[prefix + p], chosen[p], c.layer.weight.dtype)
         x = mx.concatenate([block(x[i:i + batch], mask) for i in range(0, x.shape[0], batch)])
         mx.eval(x)
     return packed

@@ -22,6 +22,7 @@ from core.quant.spec import QuantSpec
 
 METHODS = ("rtn", "gptq", "awq", "mixed", "dwq")
 DWQ_STARTS = ("rtn", "gptq", "awq", "mixed")
+MIXED_LAYERS = ("rtn", "gptq", "awq")  # how mixed precision quantizes each layer at the width it was given
 LM_ONLY = ("awq",)  # AWQ moves scales into the norms before linear layers: language models only
 
 

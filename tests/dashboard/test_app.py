@@ -50,6 +50,21 @@ def test_quantize_page_runs_and_shows_result_next_to_baseline_then_tradeoffs_cha
     assert len(at.get("plotly_chart")) >= 2  # size and bits charts (latency too when benchmarked rows exist)
 
 
+def test_tradeoffs_against_the_ecosystem_charts_the_committed_frontier_reports():
+    from core.report import ecosystem
+
+    at = app().switch_page("views/tradeoffs.py").run()
+    at.radio(key="t_view").set_value("Against the ecosystem").run()
+    assert not at.exception
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    tools = [t["name"] for t in chart["data"]]
+    assert "lab" in tools and "mlx-lm" in tools and chart["layout"]["yaxis"]["type"] == "log"
+    budget = at.dataframe[0].value
+    assert list(budget["budget (bits/weight)"]) == list(ecosystem.BUDGETS)
+    at.radio(key="e_metric").set_value("ppl").run()
+    assert not at.exception and json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["yaxis"]["type"] == "linear"
+
+
 def test_quantize_page_rejects_an_impossible_configuration():
     at = app().switch_page("views/quantize.py").run()
     at.multiselect(key="q_bits").set_value([])

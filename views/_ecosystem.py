@@ -1,0 +1,35 @@
+"""The Trade-offs page's "against the ecosystem" view: the frontier bench reports (docs/bench/frontier) as a chart
+of KL or perplexity against bits per weight, the budget table and the rows behind both."""
+import streamlit as st
+
+from core.report import ecosystem
+
+PNG = {"toImageButtonOptions": {"format": "png", "scale": 2}, "displaylogo": False}
+
+
+def show_ecosystem() -> None:
+    df = ecosystem.frontier_frame()
+    if df.empty:
+        st.info("No frontier measurements yet: run `./lab bench --sections frontier --out docs/bench/frontier` "
+                "(llama.cpp's types need `./lab setup --peers`).")
+        return
+    counts = df["protocol"].value_counts()
+    left, right = st.columns([3, 1])
+    protocol = left.selectbox("Protocol (every row in a view was measured on the same windows)", list(counts.index),
+                              key="e_protocol", format_func=lambda p: f"{p} ({counts[p]} subjects)")
+    metric = right.radio("Quality", list(ecosystem.METRICS), horizontal=True, key="e_metric",
+                         format_func=lambda m: "KL" if m == "kl" else "perplexity")
+    view = df[df["protocol"] == protocol]
+    st.plotly_chart(ecosystem.ecosystem_chart(view, metric), width="stretch", config=PNG, key="e_chart")
+    st.subheader("Best recipe of each tool within a bits-per-weight budget")
+    st.dataframe(ecosystem.budget_table(view, metric=metric), hide_index=True, width="stretch")
+    with st.expander("Every row"):
+        table = view.sort_values(["tool", "bpw"])[["tool", "recipe", "bpw", "ppl", "ppl_se", "kl", "kl_se",
+                                                  "backend", "source"]]
+        st.dataframe(table, hide_index=True, width="stretch")
+        st.download_button("Download (CSV)", table.to_csv(index=False), "mlxq-ecosystem.csv", "text/csv",
+                           key="e_download")
+    st.caption(f"Protocol: {protocol}. Backends: {', '.join(sorted(set(view['backend'])))}. llama.cpp's types are "
+               "made by llama.cpp's own quantizer from an F32 GGUF the lab writes and scored by llama.cpp's forward "
+               "pass; mlx-lm's recipes run through mlx-lm's functions with the lab's calibration text; bits per "
+               "weight as each format stores them. Error bars and ± are one standard error over scored tokens.")
