@@ -180,8 +180,11 @@ def test_a_request_past_its_deadline_is_408(tmp_path):
         assert r.status_code == 408 and r.json()["error"]["code"] == "deadline_exceeded"
         assert time.monotonic() - start < 30
         assert metric(url, "mlxq_generations_deadline_total") == 1
-        ok = httpx.post(f"{url}/v1/completions", timeout=120, json={"model": LM, "prompt": "Hi", "max_tokens": 2})
-        assert ok.status_code == 200
+        # the server recovers: a two-token answer fits the 1 s deadline (a loaded machine may need a second try; a
+        # stuck engine fails every one)
+        codes = [httpx.post(f"{url}/v1/completions", timeout=120,
+                            json={"model": LM, "prompt": "Hi", "max_tokens": 2}).status_code for _ in range(3)]
+        assert 200 in codes, codes
 
 
 def idle_rss(server: str) -> float:
