@@ -1,5 +1,5 @@
 """Recipes that combine: mixed precision whose layers are quantized by AWQ or GPTQ at the widths the allocation
-gave them (core/quant/mixed.py with Calibration.mixed_layers), on four real SmolLM2 blocks."""
+gave them (core/quant/mixed.py with Calibration.mixed_layers), on the first two real SmolLM2 blocks."""
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -15,9 +15,9 @@ from core.quant.methods import apply_method
 from core.quant.spec import QuantSpec
 
 
-def _four_blocks():
+def _two_blocks():
     model, tokenizer = load_baseline(resolve("smollm2-135m-instruct"))
-    model.model.layers = model.model.layers[:4]
+    model.model.layers = model.model.layers[:2]
     return model, tokenizer
 
 
@@ -31,18 +31,18 @@ def _mean_kl(reference: mx.array, logits: mx.array) -> float:
 @pytest.mark.parametrize("layers", ["awq", "gptq"])
 def test_mixed_with_calibrated_layers_keeps_the_allocation_and_the_bits(smollm2_dir, layers):
     """Same sensitivity table, same budget: the same width per layer as plain mixed and the same stored bits. On
-    four blocks the tied 3-bit embedding (rounded to nearest by every method) dominates the loss, so the KL only has
+    two blocks the tied 3-bit embedding (rounded to nearest by every method) dominates the loss, so the KL only has
     to stay near plain mixed here; what the combination gains on the whole model is the frontier bench's to say."""
     from core import data
 
-    full, tokenizer = _four_blocks()
+    full, tokenizer = _two_blocks()
     test = tokenizer.encode(data.load_wikitext2_test()[:20000], add_special_tokens=False)[:512]
     test = mx.array(np.asarray(test, dtype=np.int32).reshape(2, 256))
     reference = full(test)
     spec = QuantSpec(3, 64).validated()
     kl, widths, bpw = {}, {}, {}
     for name in ("rtn", layers):
-        model, _ = _four_blocks()
+        model, _ = _two_blocks()
         report = apply_method(model, tokenizer, "lm", spec, "mixed", set(),
                               Calibration(2, ctx=128, target_bpw=4.0, mixed_layers=name))
         kl[name], widths[name], bpw[name] = _mean_kl(reference, model(test)), report.layer_bits, bits_per_weight(model)
@@ -62,9 +62,7 @@ def test_awq_at_one_width_per_layer_equals_mlx_lm_search(smollm2_dir):
     from core.quant.calibration import calibration_tokens
 
     spec = QuantSpec(3, 64).validated()
-    models = [_four_blocks() for _ in range(2)]
-    for model, _ in models:
-        model.model.layers = model.model.layers[:2]
+    models = [_two_blocks() for _ in range(2)]
     tokens = calibration_tokens(models[0][1], 4, 128)
     awq_lm(models[0][0], spec, tokens, lambda f, m: None)
     specs = {f"model.layers.{i}.{p}": spec for i, block in enumerate(models[1][0].layers)
