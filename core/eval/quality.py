@@ -126,17 +126,17 @@ def perplexity(model: nn.Module, windows: np.ndarray, reference: nn.Module | Non
         return np.concatenate([np.array(parts[i]).ravel() for parts in scored]).astype(np.float64)
 
     losses = gathered(0)
-    ppl, stderr = _ppl_with_stderr(losses)
+    ppl, stderr = ppl_with_stderr(losses)
     result = Perplexity(ppl, stderr, losses.size, n_chunks)
     if reference is not None:
         kls = gathered(1)
         result.kl_mean = float(kls.mean())
         result.kl_stderr = float(kls.std(ddof=1) / math.sqrt(kls.size)) if kls.size > 1 else 0.0
-        result.reference_ppl = _ppl_with_stderr(gathered(2))[0]
+        result.reference_ppl = ppl_with_stderr(gathered(2))[0]
     return result
 
 
-def _ppl_with_stderr(losses: np.ndarray) -> tuple[float, float]:
+def ppl_with_stderr(losses: np.ndarray) -> tuple[float, float]:
     """exp(mean loss) and its standard error by the delta method, as llama.cpp's perplexity prints it."""
     mean = float(losses.mean())
     ppl = math.exp(mean)

@@ -24,7 +24,7 @@ def test_chunking_follows_llama_cpp():
 
 def test_standard_error_formula():
     losses = np.array([1.0, 2.0, 3.0, 4.0])
-    ppl, se = evaluate._ppl_with_stderr(losses)
+    ppl, se = evaluate.ppl_with_stderr(losses)
     assert ppl == pytest.approx(np.exp(2.5))
     assert se == pytest.approx(np.exp(2.5) * np.std(losses, ddof=1) / 2)
 

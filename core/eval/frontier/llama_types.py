@@ -52,7 +52,7 @@ def measure(protocol: Protocol, journal: Journal, types=TYPES, progress=None) ->
             models[name] = llama_cpp.Llama(model_path=str(path), n_ctx=view.windows.shape[1],
                                            n_batch=view.windows.shape[1], n_threads=threads,
                                            n_threads_batch=threads, logits_all=True, verbose=False)
-        sums = {name: _Sums() for name in todo}
+        nll, kl = {name: [] for name in todo}, {name: [] for name in todo}
         first = view.windows.shape[1] // 2
         for i, window in enumerate(view.windows):
             progress(i / len(view.windows), f"llama.cpp: window {i + 1}/{len(view.windows)}")
@@ -61,9 +61,10 @@ def measure(protocol: Protocol, journal: Journal, types=TYPES, progress=None) ->
             targets = window[first + 1:]
             for name, llm in models.items():
                 logp = llama_logprobs(llm, window)
-                sums[name].add(-logp[np.arange(len(logp)), targets], (np.exp(ref) * (ref - logp)).sum(axis=1))
+                nll[name].append(-logp[np.arange(len(logp)), targets])
+                kl[name].append((np.exp(ref) * (ref - logp)).sum(axis=1))
     for name in todo:
-        journal.add([Measured("llama.cpp", name, bpw[name], *sums[name].summary(), make_s=made[name],
+        journal.add([Measured("llama.cpp", name, bpw[name], *_summary(nll[name], kl[name]), make_s=made[name],
                               view=view.key)])
     return [journal.records[view.key, f"llama.cpp {t}"] for t in types]
 
@@ -84,24 +85,8 @@ def _every_minute():
     return report
 
 
-class _Sums:
-    """Per-token losses and KLs, kept as running sums (the full test has 150,000 scored tokens per type)."""
-
-    def __init__(self):
-        self.n, self.nll, self.nll2, self.kl, self.kl2 = 0, 0.0, 0.0, 0.0, 0.0
-
-    def add(self, nll: np.ndarray, kl: np.ndarray) -> None:
-        self.n += nll.size
-        self.nll += float(nll.sum())
-        self.nll2 += float((nll ** 2).sum())
-        self.kl += float(kl.sum())
-        self.kl2 += float((kl ** 2).sum())
-
-    def summary(self) -> tuple[float, float, float, float]:
-        """(perplexity, its standard error by the delta method, mean KL, its standard error)."""
-        n = self.n
-        mean_nll, mean_kl = self.nll / n, self.kl / n
-        sd_nll = np.sqrt(max(self.nll2 / n - mean_nll ** 2, 0.0) * n / (n - 1))
-        sd_kl = np.sqrt(max(self.kl2 / n - mean_kl ** 2, 0.0) * n / (n - 1))
-        ppl = float(np.exp(mean_nll))
-        return ppl, ppl * sd_nll / np.sqrt(n), mean_kl, sd_kl / np.sqrt(n)
+def _summary(nll: list[np.ndarray], kl: list[np.ndarray]) -> tuple[float, float, float, float]:
+    """(perplexity, its standard error, mean KL, its standard error) over every scored token."""
+    kl_all = np.concatenate(kl)
+    return (*quality.ppl_with_stderr(np.concatenate(nll)), float(kl_all.mean()),
+            float(kl_all.std(ddof=1)) / np.sqrt(kl_all.size))
