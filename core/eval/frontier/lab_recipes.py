@@ -15,11 +15,13 @@ def _rtn(bits: int, group: int) -> dict:
 
 
 # In the order a time-limited run should measure them: the grids, then the calibrated methods at the budgets
-# the issue names (3.5, 4.0, 4.5, 5.0, 6.5, 8.5 bits per weight).
+# the issue names (3.5, 4.0, 4.5, 5.0, 6.5, 8.5 bits per weight). A run resumed from its journal measures only
+# what is missing, in this order.
 GRIDS_AND_METHODS = (
     *(_rtn(b, g) for b, g in ((8, 64), (6, 64), (5, 64), (4, 32), (4, 64), (3, 32), (3, 64), (8, 32))),
-    *(dict(bits=b, group_size=g, method="awq") for b, g in ((4, 64), (3, 64), (4, 32), (3, 32))),
-    *(dict(bits=b, group_size=64, method="dwq", dwq_from="awq") for b in (4, 3)),
+    *(dict(bits=b, group_size=g, method="awq") for b, g in ((4, 64), (3, 64), (4, 32), (3, 32), (6, 64))),
+    dict(bits=6, group_size=64, quantizer="mlx"),  # MLX's rounding (mx.quantize), as mlx-lm's convert stores it
+    *(dict(bits=b, group_size=64, method="dwq", dwq_from="awq") for b in (4, 3, 6)),
     *(dict(bits=b, group_size=64, method="gptq") for b in (4, 3)),
 )
 MIXED = (
@@ -27,6 +29,7 @@ MIXED = (
     dict(bits=4, group_size=64, method="mixed", target_bpw=5.0),
     *(dict(bits=3, group_size=64, method="mixed", mixed_layers=m, target_bpw=t)
       for m in ("awq", "gptq") for t in (4.0, 4.5)),
+    *(dict(bits=4, group_size=64, method="mixed", mixed_layers=m, target_bpw=6.5) for m in ("awq", "rtn")),
     dict(bits=3, group_size=64, method="dwq", dwq_from="mixed", mixed_layers="awq", target_bpw=4.0),
 )
 

@@ -90,18 +90,20 @@ RECIPES = (
     ("mixed_3_6", _mixed, dict(recipe="mixed_3_6")),
     ("awq 4-bit g64", _awq, dict(bits=4)),
     ("awq 3-bit g64", _awq, dict(bits=3)),
-    ("gptq 4-bit g64", _gptq, dict(bits=4)),
-    ("gptq 3-bit g64", _gptq, dict(bits=3)),
     ("dynamic_quant 4/5-bit @4.5", _dynamic, dict(target_bpw=4.5)),
     ("dynamic_quant 4/5-bit @5.0", _dynamic, dict(target_bpw=5.0)),
     ("dwq 4-bit g64 (lr 1e-6)", _dwq, dict(lr=1e-6)),
     ("dwq 4-bit g64 (lr 1e-5)", _dwq, dict(lr=1e-5)),
+    # GPTQ from the float16 model gave non-finite outputs; SmolLM2's published checkpoint is bfloat16, which is
+    # what mlx-lm would load it as
+    ("gptq 4-bit g64 (bfloat16 model)", _gptq, dict(bits=4, dtype=mx.bfloat16)),
+    ("gptq 3-bit g64 (bfloat16 model)", _gptq, dict(bits=3, dtype=mx.bfloat16)),
 )
 
 
-def _half(model):
+def _half(model, dtype=mx.float16):
     copied = copy.deepcopy(model)
-    copied.set_dtype(mx.float16)
+    copied.set_dtype(dtype)
     return copied
 
 
@@ -115,9 +117,11 @@ def installed() -> bool:
 
 def measure(protocol: Protocol, journal: Journal, recipes=RECIPES) -> list[Measured]:
     """Every recipe on every view of the protocol, from the journal when it is there, else made from a float16
-    copy of the full-precision model and scored now."""
+    (or the recipe's `dtype`) copy of the full-precision model and scored now."""
     out = []
     for name, make, kwargs in recipes:
+        kwargs = dict(kwargs)
+        dtype = kwargs.pop("dtype", mx.float16)
         done = journal.done(f"mlx-lm {name}")
         if done:
             out += done
@@ -126,7 +130,7 @@ def measure(protocol: Protocol, journal: Journal, recipes=RECIPES) -> list[Measu
             out += protocol.failed("mlx-lm", name, "not measured: the run's time limit was reached")
             continue
         try:
-            model, seconds = timed(lambda: make(_half(protocol.baseline.model), protocol.baseline.tokenizer, **kwargs))
+            model, seconds = timed(lambda: make(_half(protocol.baseline.model, dtype), protocol.baseline.tokenizer, **kwargs))
             mx.eval(model.parameters())
             if make is not _float16 and not any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules()):
                 raise RuntimeError("mlx-lm left the model unquantized")
