@@ -81,3 +81,20 @@ def without_mirror() -> dict:
     """The environment of a bare clone: no data mirror, and the hub unreachable (it is here anyway)."""
     env = {k: v for k, v in os.environ.items() if k != "MLXQ_MIRROR"}
     return {**env, "MLXQ_MIRROR": "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def truncated_smollm2(blocks: int):
+    """SmolLM2's real weights, first `blocks` transformer blocks only: a smaller real LLaMA for fast tests."""
+    from core.models.registry import resolve
+    from core.quant.baseline import load_baseline
+    model, tokenizer = load_baseline(resolve("smollm2-135m-instruct"))
+    model.model.layers = model.model.layers[:blocks]
+    return model, tokenizer
+
+
+def mean_kl(reference, logits) -> float:
+    """Mean KL(reference ‖ logits) per position, both given as logits."""
+    import mlx.core as mx
+    log_p = reference - mx.logsumexp(reference, axis=-1, keepdims=True)
+    log_q = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return float((mx.exp(log_p) * (log_p - log_q)).sum(-1).mean())

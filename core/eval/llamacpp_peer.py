@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.eval import quality
+
 
 def scored_logprobs(llm, window: np.ndarray) -> np.ndarray:
     """llama.cpp's log-probabilities at positions half .. len-2 of `window` (float64)."""
@@ -24,16 +26,24 @@ def llama_perplexity(llm, windows: np.ndarray) -> float:
     return float(np.exp(np.concatenate([_token_losses(scored_logprobs(llm, w), w) for w in windows]).mean()))
 
 
+def window_losses(llm, window: np.ndarray, reference_logp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """llama.cpp's per-token losses and per-token KL(reference || llama.cpp) at the scored positions of one window;
+    `reference_logp` holds the reference's log-probabilities at those positions."""
+    logp = scored_logprobs(llm, window)
+    return _token_losses(logp, window), (np.exp(reference_logp) * (reference_logp - logp)).sum(axis=1)
+
+
+def summary(nll: list[np.ndarray], kl: list[np.ndarray]) -> dict:
+    """Perplexity and mean KL over every scored token of the windows given, with their standard errors."""
+    nll, kl = np.concatenate(nll), np.concatenate(kl)
+    ppl, ppl_stderr = quality.ppl_with_stderr(nll)
+    return {"ppl": ppl, "ppl_stderr": ppl_stderr, "kl": float(kl.mean()),
+            "kl_stderr": float(kl.std(ddof=1)) / np.sqrt(kl.size), "tokens": int(nll.size)}
+
+
 def llama_quality(llm, windows: np.ndarray, reference_logp: list[np.ndarray]) -> dict:
     """llama.cpp's perplexity and mean per-token KL(reference || llama.cpp) over the second half of each window,
     with their standard errors; `reference_logp[i]` holds the reference's log-probabilities at the same positions
     of window i."""
-    nll, kl = [], []
-    for window, ref in zip(windows, reference_logp):
-        logp = scored_logprobs(llm, window)
-        nll.append(_token_losses(logp, window))
-        kl.append((np.exp(ref) * (ref - logp)).sum(axis=1))
-    nll, kl = np.concatenate(nll), np.concatenate(kl)
-    ppl = float(np.exp(nll.mean()))
-    return {"ppl": ppl, "ppl_stderr": ppl * float(nll.std(ddof=1)) / np.sqrt(nll.size),
-            "kl": float(kl.mean()), "kl_stderr": float(kl.std(ddof=1)) / np.sqrt(kl.size), "tokens": int(nll.size)}
+    losses = [window_losses(llm, window, ref) for window, ref in zip(windows, reference_logp)]
+    return summary([nll for nll, _ in losses], [kl for _, kl in losses])

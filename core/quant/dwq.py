@@ -11,7 +11,7 @@ full-precision model's on calibration data.
   and in a ResNet its effect grows with the sum of the group's inputs); a norm's parameter moves in its own units.
   The model sees the result cast to the stored dtype (16-bit scales) in every forward pass: what is learned is
   what is stored.
-- A few calibration items are held out: their KL after every `eval_every` steps is the curve, and the state with
+- A few calibration items, evenly spread, are held out: their KL after every `eval_every` steps is the curve, and the state with
   the lowest held-out KL is the one kept, so distillation never ends worse on held-out data than it started.
 - Each evaluation also writes a checkpoint; a run interrupted and started again with the same settings resumes."""
 from __future__ import annotations
@@ -27,10 +27,11 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_map_with_path, tree_unflatten
 
+from core import data
 from core.quant.kernels import use_measured_kernels
 
 NORMS = (nn.RMSNorm, nn.LayerNorm, nn.BatchNorm)
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: held-out items evenly spread (were the first ones)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,14 @@ def _step_units(arrays: dict) -> dict:
         return mx.abs(scales) if name in ("scales", "biases") and scales is not None else mx.ones_like(value)
 
     return tree_map_with_path(unit, arrays)
+
+
+def held_out_split(inputs: mx.array, held_out: int) -> tuple[mx.array, mx.array]:
+    """(held-out items, training items): the held-out ones evenly spread over `inputs`, which may be ordered
+    (calibration images come in class order: a prefix would hold out one or two classes and train on the rest)."""
+    held = data.spread_indices(len(inputs), held_out)
+    rest = np.setdiff1d(np.arange(len(inputs)), held)
+    return inputs[mx.array(held)], inputs[mx.array(rest)]
 
 
 def _log_softmax(logits: mx.array) -> mx.array:
@@ -127,7 +136,7 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: mx.array, settings: 
     teacher.eval()
     student.eval()  # BatchNorm on its running statistics: only its scale and shift learn
     use_measured_kernels(student)  # on a CPU, many rows run de-quantize + BLAS (and their gradients too)
-    held_out, train = inputs[: settings.held_out], inputs[settings.held_out:]
+    held_out, train = held_out_split(inputs, settings.held_out)
     run = _Student(student, teacher, held_out, settings.batch)
     params = run.zero_offsets()
     opt = optim.Adam(learning_rate=settings.lr)

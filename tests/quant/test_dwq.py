@@ -11,7 +11,7 @@ from mlx.utils import tree_flatten
 from conftest import needs_mirror
 from core.errors import LabError
 from core.quant.config import QuantConfig
-from core.quant.dwq import DwqSettings, distill
+from core.quant.dwq import DwqSettings, distill, held_out_split
 from core.quant.layers import quantize_model
 from core.quant.spec import QuantSpec
 
@@ -56,8 +56,9 @@ def test_distillation_lowers_the_held_out_kl_and_keeps_the_integers():
     # the model keeps the best held-out state: at least a third below where it started
     best = min(p.held_out_kl for p in curve)
     assert best < 0.67 * curve[0].held_out_kl, [p.held_out_kl for p in curve]
-    logp = nn.log_softmax(teacher(tokens[:8]), axis=-1)
-    final = (mx.exp(logp) * (logp - nn.log_softmax(student(tokens[:8]), axis=-1))).sum(-1).mean().item()
+    held_out, _ = held_out_split(tokens, 8)
+    logp = nn.log_softmax(teacher(held_out), axis=-1)
+    final = (mx.exp(logp) * (logp - nn.log_softmax(student(held_out), axis=-1))).sum(-1).mean().item()
     assert final == pytest.approx(best, rel=1e-4)
     after = packed(student)
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
@@ -66,6 +67,15 @@ def test_distillation_lowers_the_held_out_kl_and_keeps_the_integers():
 
 class Interrupt(Exception):
     pass
+
+
+def test_held_out_items_are_spread_over_inputs_in_class_order():
+    """Calibration images come sorted by class: the held-out set must see every class, and no item is in both."""
+    items = mx.arange(400)  # ten classes of 40, in order
+    held_out, train = held_out_split(items, 50)
+    assert len(held_out) == 50 and len(train) == 350
+    assert set(np.array(held_out // 40).tolist()) == set(range(10))
+    assert sorted(np.array(held_out).tolist() + np.array(train).tolist()) == list(range(400))
 
 
 def test_a_stopped_run_resumes_to_the_same_result(tmp_path):

@@ -3,7 +3,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from conftest import needs_mirror
+from conftest import mean_kl, needs_mirror, truncated_smollm2
 from core.models.registry import resolve
 from core.quant.baseline import load_baseline
 from core.quant.gptq import gptq_matrix
@@ -61,19 +61,6 @@ def test_gptq_resnet_at_3_bits_beats_round_to_nearest_on_test_images():
     assert rows["gptq"].agreement > rows["rtn"].agreement
 
 
-def _truncated_smollm2(blocks: int):
-    """SmolLM2's real weights, first `blocks` transformer blocks only: a smaller real LLaMA for fast tests."""
-    model, tokenizer = load_baseline(resolve("smollm2-135m-instruct"))
-    model.model.layers = model.model.layers[:blocks]
-    return model, tokenizer
-
-
-def _mean_kl(reference: mx.array, logits: mx.array) -> float:
-    log_p = reference - mx.logsumexp(reference, axis=-1, keepdims=True)
-    log_q = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    return float((mx.exp(log_p) * (log_p - log_q)).sum(-1).mean())
-
-
 # GPTQ solves for each layer against the Hessian of its inputs: with fewer calibration tokens than a layer's input
 # width (1,536 in the MLP) it fits those few tokens and the result depends on which chunks they are.
 CALIBRATION_CHUNKS = {"rtn": 4, "awq": 4, "gptq": 64}
@@ -89,15 +76,15 @@ def test_calibrated_lm_methods_lose_less_than_round_to_nearest(smollm2_dir, meth
     from core.quant.methods import apply_method
 
     spec = QuantSpec(3, 64).validated()
-    full, tokenizer = _truncated_smollm2(4)
+    full, tokenizer = truncated_smollm2(4)
     test = tokenizer.encode(data.load_wikitext2_test()[:20000], add_special_tokens=False)[:512]
     test = mx.array(np.asarray(test, dtype=np.int32).reshape(2, 256))
     reference = full(test)
     kl = {}
     for name in ("rtn", method):
-        model, _ = _truncated_smollm2(4)
+        model, _ = truncated_smollm2(4)
         apply_method(model, tokenizer, "lm", spec, name, set(), Calibration(CALIBRATION_CHUNKS[method], ctx=128))
-        kl[name] = _mean_kl(reference, model(test))
+        kl[name] = mean_kl(reference, model(test))
     assert kl[method] < 0.9 * kl["rtn"], kl
 
 

@@ -4,27 +4,13 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from conftest import needs_mirror
+from conftest import mean_kl, needs_mirror, truncated_smollm2
 from core.errors import LabError
-from core.models.registry import resolve
-from core.quant.baseline import load_baseline
 from core.quant.calibration import Calibration
 from core.quant.config import QuantConfig
 from core.quant.layers import bits_per_weight
 from core.quant.methods import apply_method
 from core.quant.spec import QuantSpec
-
-
-def _two_blocks():
-    model, tokenizer = load_baseline(resolve("smollm2-135m-instruct"))
-    model.model.layers = model.model.layers[:2]
-    return model, tokenizer
-
-
-def _mean_kl(reference: mx.array, logits: mx.array) -> float:
-    log_p = reference - mx.logsumexp(reference, axis=-1, keepdims=True)
-    log_q = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    return float((mx.exp(log_p) * (log_p - log_q)).sum(-1).mean())
 
 
 @needs_mirror
@@ -35,17 +21,17 @@ def test_mixed_with_calibrated_layers_keeps_the_allocation_and_the_bits(smollm2_
     to stay near plain mixed here; what the combination gains on the whole model is the frontier bench's to say."""
     from core import data
 
-    full, tokenizer = _two_blocks()
+    full, tokenizer = truncated_smollm2(2)
     test = tokenizer.encode(data.load_wikitext2_test()[:20000], add_special_tokens=False)[:512]
     test = mx.array(np.asarray(test, dtype=np.int32).reshape(2, 256))
     reference = full(test)
     spec = QuantSpec(3, 64).validated()
     kl, widths, bpw = {}, {}, {}
     for name in ("rtn", layers):
-        model, _ = _two_blocks()
+        model, _ = truncated_smollm2(2)
         report = apply_method(model, tokenizer, "lm", spec, "mixed", set(),
                               Calibration(2, ctx=128, target_bpw=4.0, mixed_layers=name))
-        kl[name], widths[name], bpw[name] = _mean_kl(reference, model(test)), report.layer_bits, bits_per_weight(model)
+        kl[name], widths[name], bpw[name] = mean_kl(reference, model(test)), report.layer_bits, bits_per_weight(model)
     assert widths[layers] == widths["rtn"] and len(set(widths["rtn"].values())) > 1
     assert bpw[layers] == pytest.approx(bpw["rtn"], abs=1e-9) and bpw["rtn"] <= 4.0 + 0.01
     assert kl[layers] == pytest.approx(kl["rtn"], rel=0.1), kl
@@ -62,7 +48,7 @@ def test_awq_at_one_width_per_layer_equals_mlx_lm_search(smollm2_dir):
     from core.quant.calibration import calibration_tokens
 
     spec = QuantSpec(3, 64).validated()
-    models = [_two_blocks() for _ in range(2)]
+    models = [truncated_smollm2(2) for _ in range(2)]
     tokens = calibration_tokens(models[0][1], 4, 128)
     awq_lm(models[0][0], spec, tokens, lambda f, m: None)
     specs = {f"model.layers.{i}.{p}": spec for i, block in enumerate(models[1][0].layers)

@@ -5,4 +5,5 @@ token windows and one full-precision reference (perplexity, KL(full precision ||
   subject (a stopped run resumes where it stopped).
 - lab_recipes.py, mlx_lm_recipes.py: the MLX subjects, each a quantized model scored by the lab's evaluator.
 - llama_types.py: llama.cpp's types, made and scored by llama.cpp itself.
-- section.py: the bench sections `frontier`, `frontier-mlx` and `frontier-llama`."""
+- section.py: the bench sections: `frontier` (everything) and its parts `frontier-lab`, `frontier-mixed`,
+  `frontier-dwq`, `frontier-mlx-lm`, `frontier-llama`."""

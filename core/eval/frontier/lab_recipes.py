@@ -21,7 +21,6 @@ GRIDS_AND_METHODS = (
     *(_rtn(b, g) for b, g in ((8, 64), (6, 64), (5, 64), (4, 32), (4, 64), (3, 32), (3, 64), (8, 32))),
     *(dict(bits=b, group_size=g, method="awq") for b, g in ((4, 64), (3, 64), (4, 32), (3, 32), (6, 64))),
     dict(bits=6, group_size=64, quantizer="mlx"),  # MLX's rounding (mx.quantize), as mlx-lm's convert stores it
-    *(dict(bits=b, group_size=64, method="dwq", dwq_from="awq") for b in (4, 3, 6)),
     *(dict(bits=b, group_size=64, method="gptq") for b in (4, 3)),
 )
 MIXED = (
@@ -30,6 +29,10 @@ MIXED = (
     *(dict(bits=3, group_size=64, method="mixed", mixed_layers=m, target_bpw=t)
       for m in ("awq", "gptq") for t in (4.0, 4.5)),
     *(dict(bits=4, group_size=64, method="mixed", mixed_layers=m, target_bpw=6.5) for m in ("awq", "rtn")),
+)
+# Distillation (DWQ) from AWQ and from mixed precision with AWQ layers: the slowest recipes, their own section.
+DISTILLED = (
+    *(dict(bits=b, group_size=64, method="dwq", dwq_from="awq") for b in (4, 3, 6)),
     dict(bits=3, group_size=64, method="dwq", dwq_from="mixed", mixed_layers="awq", target_bpw=4.0),
 )
 
@@ -38,7 +41,7 @@ def config(recipe: dict) -> QuantConfig:
     return QuantConfig(MODEL, dtype="float32", **recipe).validated()
 
 
-RECIPES = GRIDS_AND_METHODS + MIXED
+RECIPES = GRIDS_AND_METHODS + MIXED + DISTILLED
 
 
 def measure(protocol: Protocol, journal: Journal, recipes=RECIPES) -> list[Measured]:

@@ -17,7 +17,7 @@ import numpy as np
 from core import runtime
 from core.eval import quality
 from core.eval.frontier.protocol import Journal, Measured, Protocol
-from core.eval.llamacpp_peer import scored_logprobs as llama_logprobs
+from core.eval.llamacpp_peer import summary, window_losses
 
 TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q3_K_S", "Q2_K")
 
@@ -58,14 +58,14 @@ def measure(protocol: Protocol, journal: Journal, types=TYPES, progress=None) ->
             progress(i / len(view.windows), f"llama.cpp: window {i + 1}/{len(view.windows)}")
             ref = np.array(quality.scored_logprobs(protocol.reference, mx.array(window[None]), first)[0],
                            dtype=np.float64)
-            targets = window[first + 1:]
             for name, llm in models.items():
-                logp = llama_logprobs(llm, window)
-                nll[name].append(-logp[np.arange(len(logp)), targets])
-                kl[name].append((np.exp(ref) * (ref - logp)).sum(axis=1))
+                losses, divergence = window_losses(llm, window, ref)
+                nll[name].append(losses)
+                kl[name].append(divergence)
     for name in todo:
-        journal.add([Measured("llama.cpp", name, bpw[name], *_summary(nll[name], kl[name]), make_s=made[name],
-                              view=view.key)])
+        row = summary(nll[name], kl[name])
+        journal.add([Measured("llama.cpp", name, bpw[name], row["ppl"], row["ppl_stderr"], row["kl"], row["kl_stderr"],
+                              make_s=made[name], view=view.key)])
     return [journal.records[view.key, f"llama.cpp {t}"] for t in types]
 
 
@@ -84,9 +84,3 @@ def _every_minute():
 
     return report
 
-
-def _summary(nll: list[np.ndarray], kl: list[np.ndarray]) -> tuple[float, float, float, float]:
-    """(perplexity, its standard error, mean KL, its standard error) over every scored token."""
-    kl_all = np.concatenate(kl)
-    return (*quality.ppl_with_stderr(np.concatenate(nll)), float(kl_all.mean()),
-            float(kl_all.std(ddof=1)) / np.sqrt(kl_all.size))

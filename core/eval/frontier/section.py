@@ -1,5 +1,6 @@
-"""The bench sections: `frontier` (every tool this machine has), `frontier-mlx` (the lab's and mlx-lm's recipes,
-which want a GPU for the full test) and `frontier-llama` (llama.cpp's types, which run on the CPU). Each measured
+"""The bench sections: `frontier` (every tool this machine has); `frontier-lab`, `frontier-mixed`, `frontier-dwq`
+and `frontier-mlx-lm` (the lab's grids and methods, its mixed and its distilled recipes, mlx-lm's recipes: they want
+a GPU for the full test) and `frontier-llama` (llama.cpp's types, which run on the CPU). Each measured
 subject goes to a journal beside the report as soon as it is measured; a rerun with the same journal and protocol
 measures only what is missing."""
 from __future__ import annotations
@@ -10,7 +11,7 @@ from core.eval.bench_rows import BenchRow
 from core.eval.frontier import lab_recipes, llama_types, mlx_lm_recipes
 from core.eval.frontier.protocol import Journal, protocol
 
-TOOLS = ("lab", "mixed", "mlx-lm", "llama.cpp")  # "mixed": the lab's mixed-precision recipes
+TOOLS = ("lab", "mixed", "dwq", "mlx-lm", "llama.cpp")  # "mixed", "dwq": the lab's mixed and distilled recipes
 
 
 def frontier(chunks: int | None = None, journal: Path | None = None, compare: int | None = None,
@@ -21,7 +22,8 @@ def frontier(chunks: int | None = None, journal: Path | None = None, compare: in
     proto = protocol(chunks, compare, time_limit)
     book = Journal(journal, proto)
     measured = []
-    for tool, recipes in (("lab", lab_recipes.GRIDS_AND_METHODS), ("mixed", lab_recipes.MIXED)):
+    for tool, recipes in (("lab", lab_recipes.GRIDS_AND_METHODS), ("mixed", lab_recipes.MIXED),
+                          ("dwq", lab_recipes.DISTILLED)):
         if tool in tools:
             measured += lab_recipes.measure(proto, book, recipes)
     if "mlx-lm" in tools:
@@ -44,4 +46,4 @@ def _only(*tools):
 # `frontier` measures everything; the parts exist so that one GPU can run them side by side in separate processes
 # and a CPU can take the llama.cpp part alone.
 SECTIONS = {"frontier": frontier, "frontier-lab": _only("lab"), "frontier-mixed": _only("mixed"),
-            "frontier-mlx-lm": _only("mlx-lm"), "frontier-llama": _only("llama.cpp")}
+            "frontier-dwq": _only("dwq"), "frontier-mlx-lm": _only("mlx-lm"), "frontier-llama": _only("llama.cpp")}
