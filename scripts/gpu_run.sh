@@ -5,7 +5,10 @@
 # .gpu/gguf-a, -b, -c into /root/gguf-parts as each arrives), converts it and runs the bench sections with the
 # WikiText-2 copy (.gpu/wiki, copied to /root/wiki) as the mirror. Further arguments go to the bench.
 # Usage: scripts/gpu_run.sh SECTIONS OUT_DIR [BENCH ARGS]   (e.g. scripts/gpu_run.sh serving "$OUT/bench";
-# scripts/gpu_run.sh frontier-lab+frontier-mlx-lm "$OUT" --time-limit 480 runs two processes side by side)
+# scripts/gpu_run.sh frontier-lab+frontier-mlx-lm "$OUT" --time-limit 480 runs two processes side by side, each
+# reporting to OUT_DIR/<section>/, all packed into OUT_DIR/reports.tgz: the device tool brings back few files).
+# FRONTIER_JOURNAL=docs/bench/frontier/h200-runs/journal.jsonl starts every frontier section from that journal, so
+# only subjects missing from it are measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sections=${1:?sections}; out=${2:?output folder}; shift 2
@@ -29,7 +32,9 @@ if [ ${#parts[@]} -eq 1 ]; then
 else
   for part in "${parts[@]}"; do
     mkdir -p "$out/$part"
+    if [ -n "${FRONTIER_JOURNAL:-}" ]; then cp "$FRONTIER_JOURNAL" "$out/$part/$(python3 -c "from core.eval.bench import report_stem; print(report_stem())")-$part.jsonl"; fi
     python3 -m core bench --sections "$part" --out "$out/$part" "$@" > "$out/$part/log" 2>&1 &
   done
   wait
+  (cd "$out" && tar czf reports.tgz "${parts[@]}" && rm -rf "${parts[@]}")
 fi

@@ -1,6 +1,6 @@
-"""Merge the frontier reports of several runs on one machine (a device's time limit splits a run into parts) into
-one report: every measured row once (the first run's, in the order given), "not measured" rows only for subjects
-no run measured. Usage: python scripts/merge_frontier.py OUT_STEM RUN.csv [RUN.csv ...]
+"""Merge the frontier reports of several runs on one machine (bench sections run side by side, or a run that a
+device's time limit split into parts) into one report: every measured row once (the first run's, in the order
+given), "not measured" rows only for subjects no run measured. Usage: python scripts/merge_frontier.py OUT_STEM RUN.csv [RUN.csv ...]
 (writes OUT_STEM.csv and OUT_STEM.md)."""
 import csv
 import sys
@@ -31,8 +31,8 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"# Frontier: {out.name}", "", "Merged by `python scripts/merge_frontier.py` from the reports of "
-             f"{len(paths)} runs (one device's time limit each): " + ", ".join(p.parent.name + "/" + p.name for p in paths),
+    lines = [f"# Frontier: {out.name}", "", "Merged by `python scripts/merge_frontier.py` from "
+             f"{len(paths)} reports: " + ", ".join(p.parent.name + "/" + p.name for p in paths),
              "", "| section | subject | variant | value | unit | note |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['section']} | {r['subject']} | {r['variant']} | {float(r['value']):.4g} | {r['unit']} | {r['note']} |"
               for r in rows]

@@ -226,6 +226,12 @@ SECTIONS = {"resnet": resnet_eval_speed, "eval-command": eval_command_speed, "pp
             "full-eval": full_eval_speed, "decode-ceiling": decode_ceiling, "serving": serving, **FRONTIER_SECTIONS}
 
 
+def report_stem() -> str:
+    """The reports' file name on this machine, <backend>-<device> in plain characters (cuda-nvidia_h200)."""
+    env = runtime.describe()
+    return f"{env['backend']}-{re.sub(r'[^a-z0-9]+', '_', env['device'].lower()).strip('_')}"
+
+
 def run_bench(sections: list[str], out_dir: Path, command: str, quick: bool = False, chunks: int | None = None,
               compare: int | None = None, time_limit: float | None = None) -> Path:
     """Run `sections`, write <backend>-<device>.csv and .md into `out_dir`; frontier sections measure `chunks`
@@ -233,7 +239,7 @@ def run_bench(sections: list[str], out_dir: Path, command: str, quick: bool = Fa
     beside the report."""
     rows: list[BenchRow] = []
     env = runtime.describe()
-    stem = f"{env['backend']}-{re.sub(r'[^a-z0-9]+', '_', env['device'].lower()).strip('_')}"  # plain file names
+    stem = report_stem()
     for name in sections:
         print(f"bench: {name}", file=sys.stderr, flush=True)
         fn = SECTIONS[name]

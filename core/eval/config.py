@@ -101,8 +101,12 @@ class EvalResult:
 
 def cache_key(cfg: EvalConfig) -> str:
     env = runtime.describe()
-    return digest({"config": asdict(cfg), "backend": env["backend"], "device": env["device"],
-                   "mlx": env["mlx"], "mlx_lm": env["mlx_lm"], "version": RESULTS_VERSION})
+    key = {"config": asdict(cfg), "backend": env["backend"], "device": env["device"], "mlx": env["mlx"],
+           "mlx_lm": env["mlx_lm"], "version": RESULTS_VERSION}
+    if cfg.method == "dwq":  # distillation's own version: a change there leaves every other cached result valid
+        from core.quant.dwq import CHECKPOINT_VERSION
+        key["dwq"] = CHECKPOINT_VERSION
+    return digest(key)
 
 
 def result_cache() -> ResultCache:

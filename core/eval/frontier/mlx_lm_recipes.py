@@ -4,7 +4,7 @@ calibration text (WikiText-2 validation, never test) in place of the files mlx-l
 - `convert` at 3/4/6/8 bits, groups 32 and 64 (mlx_lm.utils.quantize_model, which mlx_lm.convert calls);
 - the mixed predicates mixed_3_6 and mixed_4_6 (mlx_lm.convert.mixed_quant_predicate_builder);
 - `dynamic_quant` (mlx_lm.quant.dynamic_quant: sensitivities, then the threshold for a bits-per-weight target);
-- GPTQ and AWQ (mlx_lm.quant.gptq / awq) with their command-line defaults;
+- GPTQ (4-bit, from a bfloat16 copy) and AWQ (mlx_lm.quant.gptq / awq) with their command-line defaults;
 - DWQ (mlx_lm.quant.dwq.dwq_quantize) from `convert`'s 4-bit g64, at its default rate and at a ten times higher one.
 
 Calibration sizes follow the lab's method of the same name, so both sides see the same text. mlx-lm gets the
@@ -95,9 +95,8 @@ RECIPES = (
     ("dwq 4-bit g64 (lr 1e-6)", _dwq, dict(lr=1e-6)),
     ("dwq 4-bit g64 (lr 1e-5)", _dwq, dict(lr=1e-5)),
     # GPTQ from the float16 model gave non-finite outputs; SmolLM2's published checkpoint is bfloat16, which is
-    # what mlx-lm would load it as
+    # what mlx-lm would load it as. mlx-lm's GPTQ takes 2, 4 and 8 bits only.
     ("gptq 4-bit g64 (bfloat16 model)", _gptq, dict(bits=4, dtype=mx.bfloat16)),
-    ("gptq 3-bit g64 (bfloat16 model)", _gptq, dict(bits=3, dtype=mx.bfloat16)),
 )
 
 
