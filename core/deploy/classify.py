@@ -20,28 +20,38 @@ MAX_MEGAPIXELS = 40
 
 
 def read_image(data: bytes) -> Image.Image:
-    """A PNG or JPEG of any size and mode as RGB, or a LabError saying what is wrong with the file."""
+    """A PNG or JPEG of any size and mode as RGB, or a LabError saying in words what is wrong with the file."""
     if not data:
         raise LabError("The file is empty.")
     if len(data) > MAX_UPLOAD_BYTES:
-        raise LabError(f"The file is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.")
+        raise LabError(f"The file is too large: {len(data) / 2**20:.1f} MB; the limit is "
+                       f"{MAX_UPLOAD_BYTES // 2**20} MB.")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from about 89 megapixels; the pixel check below is stricter and names the size.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            if image.format not in ("PNG", "JPEG"):
-                raise LabError(f"This is a {image.format or 'unknown'} file; upload a PNG or JPEG image.")
-            width, height = image.size  # read from the header, before decoding any pixels
-            if width * height > MAX_MEGAPIXELS * 1e6:
-                raise LabError(f"The image is {width}x{height} ({width * height / 1e6:.0f} megapixels); "
-                               f"the limit is {MAX_MEGAPIXELS} megapixels.")
+            _check_header(image)
             image.load()
     except LabError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError, EOFError) as cause:
-        raise LabError(f"This file is not a readable PNG or JPEG image ({type(cause).__name__}).") from cause
+    except Image.DecompressionBombError as cause:  # raised by Image.open itself, beyond twice Pillow's limit
+        raise LabError(f"The image is too large: over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels; "
+                       f"the limit is {MAX_MEGAPIXELS} megapixels.") from cause
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as cause:
+        raise LabError("This file is not a readable PNG or JPEG image: it may be damaged, cut short, or another "
+                       "kind of file.") from cause
     return _to_rgb(ImageOps.exif_transpose(image))
+
+
+def _check_header(image: Image.Image) -> None:
+    """Format and size from the header, before any pixel is decoded."""
+    if image.format not in ("PNG", "JPEG", "MPO"):  # MPO: a JPEG with extra pictures, as phone cameras write
+        raise LabError(f"This is a {image.format or 'unknown'} file; upload a PNG or JPEG image.")
+    width, height = image.size
+    if width * height > MAX_MEGAPIXELS * 1e6:
+        raise LabError(f"The image is too large: {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); "
+                       f"the limit is {MAX_MEGAPIXELS} megapixels.")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -18,13 +18,27 @@ def chat_prompt_tokens(tokenizer, messages: list[dict], allow_special: bool = Fa
     `template_extras` are passed to the template (e.g. tools)."""
     if not messages or not all(isinstance(m.get("content"), str) for m in messages):
         raise LabError("A prompt needs at least one message with text.")
-    _check_text(messages[-1]["content"], sum(len(m["content"]) for m in messages))
-    if not getattr(tokenizer, "chat_template", None):
-        text = "\n".join(m["content"] for m in messages)
-        return _checked_length(_encode_text(tokenizer, text, allow_special))
-    if allow_special or not any(_special_strings_in(tokenizer, m["content"]) for m in messages):
-        return _checked_length(_render(tokenizer, messages, True, template_extras))
-    return _checked_length(_tokens_with_plain_contents(tokenizer, messages, template_extras))
+    _check_text(messages[-1]["content"], _chars(messages))
+    return _checked_length(_chat_tokens(tokenizer, messages, allow_special, template_extras))
+
+
+def conversation_prompt_tokens(tokenizer, conversations: list[list[dict]]) -> tuple[list[list[int]], int]:
+    """One chat prompt per conversation, all of them the same user turns with each model's own earlier answers
+    and the same new user message last; the oldest whole turns (a user message and its answer) are left out of
+    every prompt alike until all of them fit the limits. Returns (prompts, turns left out). A new message that
+    cannot fit even alone is refused like any prompt."""
+    if not conversations or len({len(c) for c in conversations}) != 1 or len(conversations[0]) % 2 == 0:
+        raise LabError("Each side of a conversation needs the same turns, ending with the user's new message.")
+    alone = [chat_prompt_tokens(tokenizer, c[-1:]) for c in conversations]
+    turns = len(conversations[0]) // 2
+    for left_out in range(turns):
+        windows = [c[2 * left_out:] for c in conversations]
+        if max(_chars(w) for w in windows) > MAX_PROMPT_CHARS:
+            continue  # counting characters is cheap; tokenize only windows that can fit
+        prompts = [_chat_tokens(tokenizer, w, False, None) for w in windows]
+        if max(len(p) for p in prompts) <= MAX_PROMPT_TOKENS:
+            return prompts, left_out
+    return alone, turns
 
 
 def completion_prompt_tokens(tokenizer, text: str, allow_special: bool = False) -> list[int]:
@@ -41,6 +55,19 @@ def checked_token_prompt(tokens: list[int], vocab_size: int) -> list[int]:
     if bad is not None:
         raise LabError(f"Token id {bad} is outside the vocabulary (0 to {vocab_size - 1}).")
     return _checked_length(tokens)
+
+
+def _chat_tokens(tokenizer, messages: list[dict], allow_special: bool, extras: dict | None) -> list[int]:
+    """The chat template applied, unchecked for size; control-token text in a message stays text unless allowed."""
+    if not getattr(tokenizer, "chat_template", None):
+        return _encode_text(tokenizer, "\n".join(m["content"] for m in messages), allow_special)
+    if allow_special or not any(_special_strings_in(tokenizer, m["content"]) for m in messages):
+        return list(_render(tokenizer, messages, True, extras))
+    return _tokens_with_plain_contents(tokenizer, messages, extras)
+
+
+def _chars(messages: list[dict]) -> int:
+    return sum(len(m["content"]) for m in messages)
 
 
 def _render(tokenizer, messages: list[dict], tokenize: bool, extras: dict | None):

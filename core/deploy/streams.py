@@ -109,10 +109,10 @@ class LiveRequest:
         """Feed one generated token; the finish reason once the request is done (EOS, length or a stop string)."""
         now = time.perf_counter()
         self.first = self.first or now
-        self.last = now
         end_of_text = token in self.eos
-        if not end_of_text:
+        if not end_of_text:  # the end-of-text token is not counted, so its step's time is not either
             self.tokens += 1
+            self.last = now
             self.detokenizer.add_token(token)
             if logprob is not None:
                 self.pending.append(logprob)

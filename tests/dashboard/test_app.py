@@ -98,8 +98,10 @@ def test_playground_chat_answers_from_both_models_and_rejects_empty_prompts():
     assert any("tokens/s" in c.value for c in at.caption)
     at.chat_input(key="p_prompt").set_value("   ").run()
     assert not at.exception and messages(at) == ["The prompt is empty; type something to send."]
-    at.chat_input(key="p_prompt").set_value("x" * 5000).run()
-    assert not at.exception and "limit is 4000" in messages(at)[0]
+    # the input holds at most the character limit; what fits it can still be over the token limit, and says so
+    assert at.chat_input(key="p_prompt").proto.max_chars == 4000
+    at.chat_input(key="p_prompt").set_value("x" * 4000).run()
+    assert not at.exception and "limit is 1024" in messages(at)[0]
 
 
 def test_demo_mode_shows_only_the_prepared_sweep(tmp_path, monkeypatch):
