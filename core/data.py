@@ -25,8 +25,7 @@ def mirror_file(relative: str) -> Path | None:
 def _missing(what: str, relative: str, hub: str, cause: Exception) -> LabError:
     where = f"MLXQ_MIRROR={mirror_root()} has no {relative}" if mirror_root() else "MLXQ_MIRROR is not set"
     return LabError(
-        f"{what} is not available: {where}, and the Hugging Face hub ({hub}) could not be reached "
-        f"({type(cause).__name__}). Fix: point MLXQ_MIRROR at a data mirror holding {relative}, "
+        f"{what} is not available: {where}, and the Hugging Face hub ({hub}) could not be reached. Fix: point MLXQ_MIRROR at a data mirror holding {relative}, "
         "or run with internet access so `datasets` can download it."
     )
 

@@ -3,8 +3,21 @@ of KL or perplexity against bits per weight, the budget table and the rows behin
 import streamlit as st
 
 from core.report import ecosystem
+from core.report.tables import Column
+from views._ui import table as show_table
 
 PNG = {"toImageButtonOptions": {"format": "png", "scale": 2}, "displaylogo": False}
+
+BUDGET_HELP = {"lab loses least": "whether the lab's best recipe within the budget has a lower value than every "
+                                  "other tool's best"}
+EVERY_ROW = {
+    "tool": Column("tool"), "recipe": Column("recipe", wide=True),
+    "bpw": Column("bits/weight", "%.3f", "bits per weight as the format stores them"),
+    "ppl": Column("perplexity", "%.4f"), "ppl_se": Column("± s.e.", "%.4f", "standard error of the perplexity"),
+    "kl": Column("KL", "%.5f", "mean KL(full precision ‖ quantized) per scored token, nats"),
+    "kl_se": Column("KL ± s.e.", "%.5f", "standard error of the mean KL"),
+    "backend": Column("backend"), "source": Column("report"),
+}
 
 
 def show_ecosystem() -> None:
@@ -22,11 +35,13 @@ def show_ecosystem() -> None:
     view = df[df["protocol"] == protocol]
     st.plotly_chart(ecosystem.ecosystem_chart(view, metric), width="stretch", config=PNG, key="e_chart")
     st.subheader("Best recipe of each tool within a bits-per-weight budget")
-    st.dataframe(ecosystem.budget_table(view, metric=metric), hide_index=True, width="stretch")
+    budget = ecosystem.budget_table(view, metric=metric)
+    show_table(budget, {c: Column(c, "%.1f" if c.startswith("budget") else None, BUDGET_HELP.get(c))
+                        for c in budget.columns})
     with st.expander("Every row"):
         table = view.sort_values(["tool", "bpw"])[["tool", "recipe", "bpw", "ppl", "ppl_se", "kl", "kl_se",
                                                   "backend", "source"]]
-        st.dataframe(table, hide_index=True, width="stretch")
+        show_table(table, EVERY_ROW)
         st.download_button("Download (CSV)", table.to_csv(index=False), "mlxq-ecosystem.csv", "text/csv",
                            key="e_download")
     st.caption(f"Protocol: {protocol}. Backends: {', '.join(sorted(set(view['backend'])))}. llama.cpp's types are "

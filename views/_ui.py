@@ -1,6 +1,8 @@
 """Helpers shared by the dashboard pages: cached models, errors, demo mode. No inference or metrics here."""
 from __future__ import annotations
 
+import logging
+
 import streamlit as st
 
 from core.deploy import ids
@@ -10,6 +12,9 @@ from core.models.registry import REGISTRY
 from core.report.demo import demo_rows
 from core.report.results import all_result_rows, results_signature
 from core.report.status import MemoryMonitor
+from core.report.tables import Column
+
+log = logging.getLogger("mlxq.dashboard")
 
 PLAYGROUND_TAGS = ("fp", "q8", "q6", "q5", "q4", "q4g32", "q3g32", "q2g32", "mxfp4", "nvfp4", "mxfp8")
 PLAYGROUND_MEMORY_BYTES = 2 * 1024**3  # models kept loaded beyond this are evicted, least recently used first
@@ -49,18 +54,54 @@ def result_rows(demo: bool) -> list[dict]:
     return _rows(results_signature(), demo)
 
 
-def error(e: Exception) -> None:
-    """One clear message; a LabError's text is written for the user, anything else is summarised."""
+def error_message(e: Exception) -> str:
+    """What the page says about `e`: a LabError's text is written for the user. Anything else is a bug: its
+    traceback goes to the dashboard's log, and the message says what failed in words, without Python's class
+    names."""
     if isinstance(e, LabError):
-        st.error(str(e))
-    else:
-        st.error(f"Something went wrong: {type(e).__name__}: {e}")
+        return str(e)
+    log.error("dashboard error", exc_info=e)
+    detail = str(e).strip()
+    return ("Something went wrong" + (f": {detail}" if detail else "") +
+            ". The details are in the dashboard's log (the terminal running `./lab dashboard`).")
+
+
+def error(e: Exception) -> None:
+    st.error(error_message(e))
+
+
+DEMO_KEY = "demo_mode"
+_DEMO_KEPT = "demo_mode_kept"  # a plain key: Streamlit drops a widget's state on a page that does not draw it
+
+
+def _keep_demo_choice() -> None:
+    st.session_state[_DEMO_KEPT] = st.session_state[DEMO_KEY]
 
 
 def demo_toggle() -> bool:
-    return st.sidebar.toggle("Demo mode", key="demo_mode",
+    """The sidebar's Demo mode toggle; the choice holds across pages, including pages without the toggle."""
+    st.session_state[DEMO_KEY] = st.session_state.get(_DEMO_KEPT, False)
+    return st.sidebar.toggle("Demo mode", key=DEMO_KEY, on_change=_keep_demo_choice,
                              help="Show only the prepared demo sweep (made by `./lab demo`), so every chart is "
-                                  "populated in seconds.")
+                                  "populated in seconds. Applies to the Overview and Trade-offs pages.")
+
+
+def column_config(columns: dict[str, Column]) -> dict:
+    """Streamlit column config from core.report.tables' column specs: labels, units, number formats, help."""
+    config = {}
+    for key, c in columns.items():
+        width = "medium" if c.wide else None
+        config[key] = (st.column_config.NumberColumn(c.label, format=c.format, help=c.help, width=width)
+                       if c.format else st.column_config.TextColumn(c.label, help=c.help, width=width))
+    return config
+
+
+def table(df, columns: dict[str, Column], **kwargs) -> None:
+    """A dataframe with readable column labels and units, only the columns `df` has, and "—" where a row has no
+    value (never "None")."""
+    shown = {k: c for k, c in columns.items() if k in df.columns}
+    st.dataframe(df, hide_index=True, width="stretch", column_config=column_config(shown),
+                 column_order=list(shown), placeholder="—", **kwargs)
 
 
 def mb(n: float | None) -> str:

@@ -5,15 +5,30 @@ import streamlit as st
 from core import runtime
 from core.errors import LabError
 from core.eval.config import EvalConfig
-from core.eval.pipeline import run_eval
+from core.eval.pipeline import full_test_size, run_eval
 from core.models import registry as models
 from core.quant.calibration import default_size
 from core.quant.config import dwq_default
 from core.quant.methods import DWQ_STARTS, methods_for
 from core.quant.spec import AFFINE_BITS, AFFINE_GROUP_SIZES, MODES
 from core.report.charts import frame, tradeoff_chart
-from core.report.summaries import comparison_table
-from views._ui import error, memory_monitor
+from core.report.summaries import COMPARISON_DETAILS, comparison_columns, comparison_table
+from core.report.why import speed_notes
+from views._ui import error, error_message, memory_monitor, table
+
+
+@st.cache_data(show_spinner="Counting the test set...")
+def _whole_test_set(name: str) -> int:
+    return full_test_size(name)  # a LabError is not cached: once the data arrives, the count follows
+
+
+def whole_test_set(name: str) -> int | None:
+    """Items in the whole test set (None when the data is not here: the run then says what is missing)."""
+    try:
+        return _whole_test_set(name)
+    except LabError:
+        return None
+
 
 st.title("Quantize & evaluate")
 memory_monitor()
@@ -34,9 +49,15 @@ if mode == "affine":
 else:
     bits, group = [None], None
     left.caption(f"{mode} fixes the bit width and group size.")
-unit = "images (0 = all 10,000)" if info.kind == "vision" else "512-token chunks (0 = all 592)"
-limit = left.number_input(f"Evaluation subset: {unit}", min_value=0, max_value=100000,
-                          value=1000 if info.kind == "vision" else 4, step=1, key="q_limit")
+whole = whole_test_set(name)
+unit = "images" if info.kind == "vision" else "512-token chunks"
+limit = left.number_input(f"Evaluation subset: {unit} (0 = all{f' {whole:,}' if whole else ''})", min_value=0,
+                          max_value=whole or None, value=min(1000 if info.kind == "vision" else 4, whole or 1000),
+                          step=1, key="q_limit" if info.kind == "vision" else "q_limit_lm",
+                          help="a deterministic subset: class-stratified images, or evenly spread chunks; at most "
+                               "the whole test set")
+if whole and limit >= whole:
+    left.caption(f"{limit:,} is the whole test set ({whole:,} {unit}): the run uses all of it.")
 if mode == "affine":
     method = right.selectbox("Method", methods_for(info.kind), key=f"q_method_{info.kind}",
                              help="rtn: round to nearest; gptq, "
@@ -76,7 +97,8 @@ dtype = right.selectbox("Compute dtype", list(runtime.DTYPES), index=list(runtim
                         f"backend's default): size, speed and memory are measured in it; quality is always computed "
                         "in float32 on the same quantized weights")
 
-if st.button("Run", type="primary", key="q_run"):
+run_slot = st.empty()  # the Run button, replaced by a disabled one while a run goes on
+if run_slot.button("Run", type="primary", key="q_run"):
     try:
         if mode == "affine" and not bits:
             raise LabError("Pick at least one bit width to compare with full precision.")
@@ -90,6 +112,8 @@ if st.button("Run", type="primary", key="q_run"):
     except LabError as e:
         error(e)
         st.stop()
+    run_slot.button("Running…", type="primary", disabled=True, key="q_running",
+                    help="A run is in progress: Cancel stops it.")
     st.session_state["quantize_running"] = True
     cancel_slot = st.empty()
     cancel_slot.button("Cancel", key="q_cancel", help="Stops the run; results finished so far stay cached.")
@@ -101,21 +125,29 @@ if st.button("Run", type="primary", key="q_run"):
                 bar.progress((i + fraction) / len(configs), text=f"{cfg.tag}: {message}")
             results.append(run_eval(cfg, progress=progress))
     except Exception as e:  # LabError, or a bug: one message, the page keeps working
-        error(e)
+        st.session_state["quantize_error"] = error_message(e)
     # A Cancel click stops the script inside run_eval with Streamlit's own BaseException, so this line is then
     # never reached and the next run reports the cancellation.
     st.session_state["quantize_running"] = False
-    bar.empty()
-    cancel_slot.empty()
     if results:
         st.session_state["quantize_results"] = [r.public() for r in results]
+    st.rerun()  # the page again: Run enabled, the results (or the error) below it
 
+if message := st.session_state.pop("quantize_error", None):
+    st.error(message)
 rows = st.session_state.get("quantize_results")
 if rows:
-    table, notes = comparison_table(rows)
+    table_rows, notes = comparison_table(rows)
     st.subheader("Result")
-    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+    result = pd.DataFrame(table_rows)
+    main = [c for c in result.columns if c not in COMPARISON_DETAILS]
+    table(result, comparison_columns(main))
+    for note in speed_notes(rows):
+        st.info(note)
     for note in notes:
         st.caption(note)
+    with st.expander("Details: agreement or KL with full precision, throughput, peak memory, compute dtype, items "
+                     "measured, where each number came from"):
+        st.table(result[["configuration", *COMPARISON_DETAILS]].set_index("configuration"))
     df = frame(rows)
     st.plotly_chart(tradeoff_chart(df, "size_mb", df["metric"].iloc[0]), width="stretch", key="q_chart")

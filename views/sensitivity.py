@@ -13,7 +13,8 @@ from core.quant.sensitivity import cached_sensitivity, layer_sensitivity
 from core.quant.spec import AFFINE_BITS, AFFINE_GROUP_SIZES
 from core.report.charts import sensitivity_chart
 from core.report.summaries import allocation_text
-from views._ui import error, memory_monitor
+from core.report.tables import sensitivity_table
+from views._ui import error, error_message, memory_monitor, table
 
 st.title("Layer sensitivity")
 memory_monitor()
@@ -37,30 +38,36 @@ target = right.number_input("Target bits per weight (mixed precision)", min_valu
                             step=0.1, key="s_target")
 calibration = Calibration(int(calib), int(ctx))
 
+settings_key = (name, tuple(sorted(bits)), group, int(calib), int(ctx))
 rows = None
 try:
     rows = cached_sensitivity(name, bits, group, calibration) if bits else None
 except LabError as e:
     error(e)
-source = "from the cache" if rows else ""
-if st.button("Run", type="primary", key="s_run"):
+measured = st.session_state.get("s_measured")
+source = (measured[1] if measured and measured[0] == settings_key else "from the cache") if rows else ""
+run_slot = st.empty()  # the Run button, replaced by a disabled one while a measurement goes on
+if run_slot.button("Run", type="primary", key="s_run"):
+    run_slot.button("Running…", type="primary", disabled=True, key="s_running", help="A measurement is in progress.")
     bar = st.progress(0.0, text="starting")
     try:
         if not bits:
             raise LabError("Pick at least one bit width to measure.")
         started = time.perf_counter()
-        rows = layer_sensitivity(name, bits, group, calibration,
-                                 progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m))
-        source = f"measured in {time.perf_counter() - started:.1f} s"
+        layer_sensitivity(name, bits, group, calibration,
+                          progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m))
+        st.session_state["s_measured"] = (settings_key, f"measured in {time.perf_counter() - started:.1f} s")
     except Exception as e:  # LabError, or a bug: one message, the page keeps working
-        error(e)
-    bar.empty()
+        st.session_state["s_error"] = error_message(e)
+    st.rerun()  # the page again, Run enabled, the table read back from the sensitivity cache
 
+if message := st.session_state.pop("s_error", None):
+    st.error(message)
 if not rows:
     if bits:
-        st.info("Not measured yet for these settings: Run measures it. On a 2-core CPU: ResNet-20 with 256 images "
-                "and 4 widths in about 80 s; SmolLM2 with 2 chunks of 512 tokens in about 18 minutes per width "
-                "(a GPU takes seconds).")
+        st.info("Not measured yet for these settings: Run measures it. Each layer at each width is one pass over "
+                "the calibration data, so the time grows with layers × widths × calibration size; a language "
+                "model's hundreds of layers want a GPU.")
     st.stop()
 
 allocation = None
@@ -69,17 +76,13 @@ try:
 except LabError as e:
     st.warning(str(e))
 png = {"toImageButtonOptions": {"format": "png", "scale": 2}, "displaylogo": False}
-st.plotly_chart(sensitivity_chart(rows, allocation and allocation.bits, f"{name}: sensitivity of each layer quantized alone, group {group}"),
+st.plotly_chart(sensitivity_chart(rows, allocation and allocation.bits,
+                                  f"{name}: sensitivity of each layer quantized alone, group {group}"),
                 width="stretch", config=png, key="s_chart")
 st.caption(f"Protocol: {rows[0]['protocol']}. {len({r['layer'] for r in rows})} layers, {source}. "
            "Hover for layer, bits, KL and top-1 agreement." + (f" {allocation_text(allocation)}" if allocation else ""))
 
-table = pd.DataFrame(rows).pivot_table(index=["index", "layer", "weights"], columns="bits",
-                                       values=["kl", "agreement"]).sort_index()
-table.columns = [f"{'KL' if v == 'kl' else 'agreement %'} @{b}" for v, b in table.columns]
-table = table.reset_index().drop(columns="index")
-if allocation:
-    table["mixed choice"] = table["layer"].map(allocation.bits)
-st.dataframe(table, hide_index=True, width="stretch")
+layers, columns = sensitivity_table(rows, allocation and allocation.bits)
+table(layers, columns)
 st.download_button("Download the table (CSV)", pd.DataFrame(rows).to_csv(index=False),
                    f"mlxq-sensitivity-{name.replace('/', '_')}-g{group}.csv", "text/csv", key="s_download")

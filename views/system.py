@@ -14,6 +14,27 @@ st.caption(f"MLX {env['mlx']} on {env['backend'].upper()} ({env['device']}), {en
 monitor = memory_monitor()
 
 
+READING_HELP = {
+    "Process RSS": "Resident memory of this dashboard process, from the operating system: Python, the libraries, "
+                   "every model and dataset loaded, and MLX's buffers (active and cached). The lab keeps freed heap "
+                   "pages for reuse, so it stays near its high-water mark.",
+    "MLX active": "Bytes in MLX arrays alive now, in the whole process: loaded weights (Playground models "
+                  "included), data on the device and the activations of work in progress.",
+    "MLX peak": "The highest MLX active memory since the last reset: each speed benchmark resets it at its start, "
+                "so after a run it is the weights plus the activations of the benchmark's largest input.",
+    "MLX cache": "Freed MLX buffers kept for reuse: counted in the process RSS, not in MLX active.",
+    "System memory used": "All processes on this machine: memory in use as a share of the total.",
+    "CPU": "All processes on this machine: busy share of every core together.",
+}
+
+
+def readings(now: dict) -> list[tuple[str, str]]:
+    return [("Process RSS", mb(now["rss_bytes"])),
+            ("System memory used", f"{now['system_used_bytes'] / now['system_total_bytes']:.0%}"),
+            ("CPU", f"{now['cpu_percent']:.0f} %"), ("MLX active", mb(now["mlx_active_bytes"])),
+            ("MLX peak", mb(now["mlx_peak_bytes"])), ("MLX cache", mb(now["mlx_cache_bytes"]))]
+
+
 @st.fragment(run_every=1.0)
 def live() -> None:
     history = monitor.history()
@@ -21,15 +42,14 @@ def live() -> None:
         st.info("Collecting the first readings...")
         return
     now = history[-1]
-    cols = st.columns(5)
-    cols[0].metric("Process RSS", mb(now["rss_bytes"]))
-    cols[1].metric("MLX active", mb(now["mlx_active_bytes"]))
-    cols[2].metric("MLX peak", mb(now["mlx_peak_bytes"]))
-    cols[3].metric("System memory used", f"{now['system_used_bytes'] / now['system_total_bytes']:.0%}")
-    cols[4].metric("CPU", f"{now['cpu_percent']:.0f} %")
+    values = readings(now)
+    for row in (values[:3], values[3:]):  # the process and machine, then MLX's own memory
+        for col, (label, value) in zip(st.columns(3), row):
+            col.metric(label, value, help=READING_HELP[label])
     df = pd.DataFrame(history)
     df["seconds ago"] = df["time"] - now["time"]
-    names = {"rss_bytes": "process RSS", "mlx_active_bytes": "MLX active", "mlx_peak_bytes": "MLX peak"}
+    names = {"rss_bytes": "process RSS", "mlx_active_bytes": "MLX active", "mlx_peak_bytes": "MLX peak",
+             "mlx_cache_bytes": "MLX cache"}
     long = df.rename(columns=names).melt(id_vars="seconds ago", value_vars=list(names.values()),
                                          var_name="reading", value_name="bytes")
     long["MB"] = long["bytes"] / 1e6

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
@@ -14,11 +15,26 @@ from core.eval.config import EvalConfig, EvalResult, cache_key, result_cache
 from core.eval.flatconv import FlatResNet
 from core.eval.speed import bench_classifier, bench_generation
 from core.models import resnet
-from core.models.registry import ModelInfo
+from core.models.registry import ModelInfo, lm_path, resolve
 from core.quant.baseline import load_baseline
 from core.quant.layers import bits_per_weight, dequantize_model, size_bytes
 from core.quant.precision import computing_in
 from core.quant.recipe import quantize
+
+CIFAR10_TEST_IMAGES = 10_000  # the size of CIFAR-10's test split, by the dataset's definition
+
+
+def full_test_size(name: str, ctx: int | None = None) -> int:
+    """How many items an evaluation of `name` on the whole test set uses: CIFAR-10 test images, or WikiText-2 test
+    chunks of `ctx` tokens (default: the evaluation's) as the model's tokenizer cuts them (tokenized once, then
+    reused by the run). Raises LabError when the model or the text is not available."""
+    info, ctx = resolve(name), ctx or EvalConfig(name).ctx
+    if info.kind == "vision":
+        return CIFAR10_TEST_IMAGES
+    from mlx_lm.utils import load_tokenizer
+
+    tokenizer = load_tokenizer(Path(lm_path(info)))
+    return len(quality.wikitext_tokens(name, tokenizer)) // ctx
 
 
 def run_eval(config: EvalConfig, use_cache: bool = True, progress: quality.Progress | None = None) -> EvalResult:
@@ -62,6 +78,11 @@ def _common(cfg: EvalConfig, info: ModelInfo, eval_path: str, speed, row: dict) 
                 **{"latency_ms_p50": None, "throughput": None, "peak_memory_bytes": None, **speed_fields}, **row)
 
 
+def _benchmark_progress(step):
+    """The benchmark's share of a run's progress (0.1 to 0.2): 'benchmarking: trial 4/13' moves the bar."""
+    return lambda fraction, message: step(0.1 + 0.1 * fraction, f"benchmarking: {message}")
+
+
 def _eval_vision(cfg, info, model, eval_path, row, step, use_cache) -> EvalResult:
     images, labels = data.load_cifar10("test")
     idx = data.stratified_indices(labels, cfg.limit, cfg.seed)
@@ -70,7 +91,7 @@ def _eval_vision(cfg, info, model, eval_path, row, step, use_cache) -> EvalResul
     if cfg.bench:
         step(0.1, "benchmarking")
         with computing_in(model, cfg.dtype):
-            speed = bench_classifier(model, inputs[:250])
+            speed = bench_classifier(model, inputs[:250], progress=_benchmark_progress(step))
     flat = None
     if eval_path in ("dequant", "float"):
         dequantize_model(model)
@@ -93,7 +114,7 @@ def _eval_vision(cfg, info, model, eval_path, row, step, use_cache) -> EvalResul
         **_common(cfg, info, eval_path, speed, row), metric="top1_accuracy", value=100 * p,
         stderr=100 * float(np.sqrt(p * (1 - p) / acc.n)), n=acc.n, ci95_low=100 * acc.ci95[0],
         ci95_high=100 * acc.ci95[1], top5=100 * acc.top5, agreement=agreement, reference_value=reference,
-        protocol=(f"CIFAR-10 test, {acc.n} images" + ("" if cfg.limit is None or cfg.limit >= 10000 else
+        protocol=(f"CIFAR-10 test, {acc.n} images" + ("" if acc.n >= CIFAR10_TEST_IMAGES else
                   f" (class-stratified subset, seed {cfg.seed})") + "; top-1 %, 95 % Wilson interval; computed in float32"
                   + (f"; activations simulated at {cfg.act_bits} bits, per-tensor ranges from {cfg.calib} CIFAR-10 "
                      "train images" if cfg.act_bits else "")),
@@ -112,7 +133,7 @@ def _eval_lm(cfg, info, model, tokenizer, eval_path, row, step) -> EvalResult:
         step(0.1, "benchmarking generation")
         prompt = tokens[: cfg.bench_prefill]
         with computing_in(model, cfg.dtype):
-            speed = bench_generation(model, prompt, cfg.bench_decode)
+            speed = bench_generation(model, prompt, cfg.bench_decode, progress=_benchmark_progress(step))
     if eval_path == "dequant":
         dequantize_model(model)
     reference = None

@@ -7,21 +7,41 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from core.report import labels
+
 HIGHER_IS_BETTER = {"top1_accuracy": True, "perplexity": False}
 METRIC_LABEL = {"top1_accuracy": "top-1 accuracy (%)", "perplexity": "perplexity (lower is better)"}
 AXES = {"size_mb": "size (MB)", "latency_ms_p50": "latency p50 (ms)", "bits_per_weight": "bits per weight"}
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
-    """One row per measured configuration, with the columns the charts and hover labels use."""
+    """One row per measured configuration, with the columns the charts and hover labels use: the precision in
+    words, the width a bit-width axis puts it at, and the error bars of the interval its metric carries."""
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
+    records = df.to_dict("records")
     df["size_mb"] = df["size_bytes"] / 1e6
-    df["precision"] = df.apply(lambda r: "full" if r["bits"] >= 16 else f"{r['bits']}-bit", axis=1)
-    df["device"] = df.get("device", df["backend"])
+    df["precision"] = [labels.precision_label(r) for r in records]
+    df["stored_bits"] = [labels.stored_bits(r) for r in records]
+    df["quality"] = [labels.quality_text(r) for r in records]
+    bounds = [labels.error_bounds(r) for r in records]
+    df["err_minus"], df["err_plus"] = [b[0] for b in bounds], [b[1] for b in bounds]
+    df["device"] = df["device"] if "device" in df else df["backend"]
     df["configuration"] = df["model"] + " " + df["tag"] + " (" + df["method"] + ")"
     return df
+
+
+def protocols(df: pd.DataFrame) -> list[tuple[str, int]]:
+    """(protocol, number of rows) for every protocol in `df`, in the order the rows come (newest first): rows of
+    different protocols (another subset, another text) are not comparable and are never drawn together."""
+    counts = df["protocol"].value_counts()
+    return [(p, int(counts[p])) for p in dict.fromkeys(df["protocol"])]
+
+
+def machine_label(row: dict) -> str:
+    """'cpu, AMD EPYC, float32': where a speed was measured; speeds compare only within one."""
+    return ", ".join(str(v) for v in (row.get("backend"), row.get("device"), row.get("compute_dtype")) if v)
 
 
 def pareto_mask(df: pd.DataFrame, x: str, higher_is_better: bool) -> pd.Series:
@@ -43,12 +63,13 @@ def tradeoff_chart(df: pd.DataFrame, x: str, metric: str) -> go.Figure:
     data["pareto"] = False
     for _, group in data.groupby("model"):
         data.loc[group.index, "pareto"] = pareto_mask(group, x, better_high)
-    hover = {c: True for c in ("model", "tag", "method", "bits", "group_size", "mode", "n", "stderr",
-                               "bits_per_weight", "backend", "device", "protocol") if c in data}
-    fig = px.scatter(data, x=x, y="value", color="precision", symbol="model", error_y="stderr",
-                     hover_name="configuration", hover_data=hover,
-                     category_orders={"precision": sorted(data["precision"].unique(), key=_precision_order)},
-                     labels={x: AXES.get(x, x), "value": METRIC_LABEL.get(metric, metric)})
+    hover = {c: True for c in ("model", "tag", "method", "precision", "group_size", "mode", "n", "quality",
+                               "bits_per_weight", "backend", "device", "compute_dtype", "protocol") if c in data}
+    hover.update(err_plus=False, err_minus=False)  # the interval is in "quality", named
+    fig = px.scatter(data, x=x, y="value", color="precision", symbol="model", error_y="err_plus",
+                     error_y_minus="err_minus", hover_name="configuration", hover_data=hover,
+                     category_orders={"precision": _precision_order(data)},
+                     labels={x: axis_label(x, metric), "value": METRIC_LABEL.get(metric, metric)})
     for model, group in data[data["pareto"]].groupby("model"):
         if len(group) < 2:
             continue  # a frontier of one point is just that point
@@ -58,15 +79,23 @@ def tradeoff_chart(df: pd.DataFrame, x: str, metric: str) -> go.Figure:
     if x in ("size_mb", "latency_ms_p50"):
         fig.update_xaxes(type="log")
     fig.update_layout(legend_title_text="", margin=dict(t=40, l=10, r=10, b=10),
-                      title=f"{METRIC_LABEL.get(metric, metric)} against {AXES.get(x, x)}")
+                      title=f"{METRIC_LABEL.get(metric, metric)} against {axis_label(x, metric)}")
     return fig
+
+
+def axis_label(x: str, metric: str) -> str:
+    """An axis name that says what was timed: one image at batch 1, or one decoded token."""
+    if x == "latency_ms_p50":
+        return "latency p50 (ms, " + ("one image, batch 1)" if metric == "top1_accuracy" else "per decoded token)")
+    return AXES.get(x, x)
 
 
 def bits_chart(df: pd.DataFrame, metric: str) -> go.Figure:
     """Bit width against quality (left) and size (right), one line per model and group size; the model's
-    full-precision row closes each of its lines at 16."""
+    full-precision row closes each of its lines at its dtype's width (float32: 32 bits per weight)."""
     data = df[df["metric"] == metric].copy()
-    quantized, full = data[data["bits"] < 16].copy(), data[data["bits"] >= 16]
+    full_mask = data["bits"] >= labels.FULL_PRECISION_BITS
+    quantized, full = data[~full_mask].copy(), data[full_mask]
     quantized["series"] = quantized["model"] + " " + quantized["tag"].str.replace(r"^q\d+", "", regex=True)
     quantized.loc[quantized["mode"] != "affine", "series"] = quantized["model"] + " " + quantized["mode"]
     series = [(name, pd.concat([group, full[full["model"] == group["model"].iloc[0]]]))
@@ -75,21 +104,33 @@ def bits_chart(df: pd.DataFrame, metric: str) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=(METRIC_LABEL.get(metric, metric), "size (MB)"))
     palette = px.colors.qualitative.Plotly
     for i, (name, group) in enumerate(series):
-        group = group.drop_duplicates(subset=["bits"]).sort_values("bits")
+        group = group.drop_duplicates(subset=["stored_bits"]).sort_values("stored_bits")
         colour = palette[i % len(palette)]
-        fig.add_trace(go.Scatter(x=group["bits"], y=group["value"], mode="lines+markers", name=name,
-                                 line=dict(color=colour), legendgroup=name,
-                                 error_y=dict(type="data", array=group["stderr"], visible=True)), 1, 1)
-        fig.add_trace(go.Scatter(x=group["bits"], y=group["size_mb"], mode="lines+markers", name=name,
-                                 line=dict(color=colour), legendgroup=name, showlegend=False), 1, 2)
-    fig.update_xaxes(title_text="bits (16 = full precision)")
+        fig.add_trace(go.Scatter(x=group["stored_bits"], y=group["value"], mode="lines+markers", name=name,
+                                 line=dict(color=colour), legendgroup=name, text=group["precision"],
+                                 error_y=dict(type="data", symmetric=False, array=group["err_plus"],
+                                              arrayminus=group["err_minus"], visible=True)), 1, 1)
+        fig.add_trace(go.Scatter(x=group["stored_bits"], y=group["size_mb"], mode="lines+markers", name=name,
+                                 line=dict(color=colour), legendgroup=name, showlegend=False,
+                                 text=group["precision"]), 1, 2)
+    widths = sorted(set(data["stored_bits"]))
+    fig.update_xaxes(title_text=_bits_axis_title(full), type="log", tickvals=widths, ticktext=[f"{w:g}" for w in widths])
     fig.update_yaxes(type="log", row=1, col=2)
     fig.update_layout(margin=dict(t=60, l=10, r=10, b=10), title="bit width against quality and size")
     return fig
 
 
-def _precision_order(label: str) -> int:
-    return 99 if label == "full" else int(label.split("-")[0])
+def _bits_axis_title(full: pd.DataFrame) -> str:
+    """'bits per weight (full precision: float32 = 32)', from the full-precision rows shown."""
+    dtypes = sorted({(p.split(" ")[0], b) for p, b in zip(full["precision"], full["stored_bits"])})
+    return "bit width" + (" (full precision: " + ", ".join(f"{d} = {b:g}" for d, b in dtypes) + " bits per weight)"
+                          if dtypes else "")
+
+
+def _precision_order(data: pd.DataFrame) -> list[str]:
+    """Precision labels, widest first: full precision, then 8-bit down to 2-bit."""
+    widest = data.groupby("precision")["stored_bits"].max()
+    return sorted(widest.index, key=lambda label: (-widest[label], label))
 
 
 # ---- per-layer sensitivity ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core import settings
 from core.cache import ResultCache
+from core.report.labels import precision_label
 
 # Columns a person reads first; every other field follows.
 LEAD_COLUMNS = ("model", "tag", "method", "bits", "group_size", "mode", "metric", "value", "stderr", "n",
@@ -51,5 +52,11 @@ def results_signature() -> tuple:
 
 
 def lead_columns(rows: list[dict]) -> list[dict]:
-    """Result rows with only the columns a person reads first."""
-    return [{k: r.get(k) for k in LEAD_COLUMNS + ("device", "created")} for r in rows]
+    """Result rows with only the columns a person reads first, and the precision in words beside `bits` (whose 16
+    is the configuration's "not quantized", not a stored width: see `bits_per_weight`)."""
+    out = []
+    for r in rows:
+        lead = {k: r.get(k) for k in LEAD_COLUMNS + ("device", "created")}
+        out.append({**{k: lead.pop(k) for k in LEAD_COLUMNS[:LEAD_COLUMNS.index("bits") + 1]},
+                    "precision": precision_label(r), **lead})
+    return out

