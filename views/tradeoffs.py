@@ -46,10 +46,11 @@ view = view[view["protocol"] == protocol]
 
 png = {"toImageButtonOptions": {"format": "png", "scale": 2}, "displaylogo": False}
 timed = view.dropna(subset=["latency_ms_p50"])
-machines = list(dict.fromkeys(charts.machine_label(r) for r in timed.to_dict("records")))
+measured_on = [charts.machine_label(r) for r in timed.to_dict("records")]
+machines = list(dict.fromkeys(measured_on))
 if len(machines) > 1:  # a latency is only comparable with one measured on the same machine, in the same dtype
     machine = st.selectbox("Latency measured on", machines, key=f"t_machine_{metric}")
-    timed = timed[[charts.machine_label(r) == machine for r in timed.to_dict("records")]]
+    timed = timed[[m == machine for m in measured_on]]
 figures = [("size", charts.tradeoff_chart(view, "size_mb", metric), view),
            ("latency", charts.tradeoff_chart(timed, "latency_ms_p50", metric), timed),
            ("bits", charts.bits_chart(view, metric), view)]

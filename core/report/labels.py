@@ -40,12 +40,19 @@ def precision_label(row: dict) -> str:
     return f"{row['bits']}-bit"
 
 
+def wilson_interval(row: dict) -> tuple[float, float] | None:
+    """An accuracy row's 95 % Wilson interval (low, high), or None: every other row carries a standard error."""
+    low, high = row.get("ci95_low"), row.get("ci95_high")
+    if row.get("metric") == "top1_accuracy" and low is not None and high is not None:
+        return low, high
+    return None
+
+
 def error_bounds(row: dict) -> tuple[float, float]:
     """(below, above) the value: the 95 % Wilson interval where the row has it (accuracy), else ± one standard
     error (perplexity), so a chart's error bars are the interval its caption names."""
-    low, high, value = row.get("ci95_low"), row.get("ci95_high"), row["value"]
-    if row.get("metric") == "top1_accuracy" and low is not None and high is not None:
-        return value - low, high - value
+    if wilson := wilson_interval(row):
+        return row["value"] - wilson[0], wilson[1] - row["value"]
     se = row.get("stderr") or 0.0
     return se, se
 
@@ -56,8 +63,8 @@ def interval_of(metric: str) -> str:
 
 def interval_text(row: dict) -> str:
     """The interval alone, named: '95 % Wilson 91.17–92.25' or '± 1.21 s.e.'."""
-    if row["metric"] == "top1_accuracy" and row.get("ci95_low") is not None:
-        return f"95 % Wilson {row['ci95_low']:.2f}–{row['ci95_high']:.2f}"
+    if wilson := wilson_interval(row):
+        return f"95 % Wilson {wilson[0]:.2f}–{wilson[1]:.2f}"
     return f"± {row['stderr']:.2f} s.e."
 
 
@@ -75,8 +82,8 @@ def quality_header(metric: str) -> str:
 
 def quality_cell(row: dict) -> str:
     """The cell under quality_header: '91.73 % [91.17, 92.25]' or '25.14 ± 1.21'."""
-    if row["metric"] == "top1_accuracy" and row.get("ci95_low") is not None:
-        return f"{row['value']:.2f} % [{row['ci95_low']:.2f}, {row['ci95_high']:.2f}]"
+    if wilson := wilson_interval(row):
+        return f"{row['value']:.2f} % [{wilson[0]:.2f}, {wilson[1]:.2f}]"
     return f"{row['value']:.2f}{' %' if row['metric'] == 'top1_accuracy' else ''} ± {row['stderr']:.2f}"
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.report import labels
-from core.report.tables import Column
+from core.report.tables import MEANING, Column
 
 
 # Comparison-table columns a person rarely needs first: the page puts them under "Details".
@@ -14,12 +14,7 @@ _COMPARISON_HELP = {
     "precision": "what the weights are: full precision in its dtype, or the quantized width",
     "Δ vs full precision": "this row's quality minus the full-precision (fp) row's on the same data",
     "agreement / KL": "top-1 agreement with full precision (images), or mean KL(full ‖ quantized) per token",
-    "size": "bytes of every array the model holds (packed weights, scales, norms)",
-    "bits/weight": "every stored bit (scales and biases included) per weight",
-    "latency p50": "median over the benchmark's trials: one image at batch 1, or one decoded token",
-    "throughput": "images/s at the benchmark's batch, or decode tokens/s",
-    "peak MLX memory": "highest MLX memory during the speed benchmark: the weights plus the activations of its "
-                       "largest input (see the note below), not the model's size",
+    **MEANING,
 }
 
 

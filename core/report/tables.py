@@ -18,18 +18,25 @@ class Column:
     wide: bool = False
 
 
+# What each readout means, for every table that shows it (its help text).
+MEANING = {
+    "size": "bytes of every array the model holds (packed weights, scales, norms)",
+    "bits/weight": "every stored bit (scales and biases included) per weight",
+    "latency p50": "median over the benchmark's trials: one image at batch 1, or one decoded token",
+    "throughput": "images/s at the benchmark's batch, or decode tokens/s",
+    "peak MLX memory": "highest MLX memory during the speed benchmark: the weights plus the activations of its "
+                       "largest input (see the speed protocol), not the model's size",
+}
 RESULT_COLUMNS = {
     "model": Column("model"),
     "precision": Column("precision", help="what the weights are: full precision in its dtype, or the quantized "
                         "width and group size"),
     "quality": Column("quality [interval]", help="top-1 accuracy in % with its 95 % Wilson interval in brackets, "
                       "or perplexity ± one standard error (lower is better)"),
-    "size_mb": Column("size", "%.2f MB", "bytes of every array the model holds (packed weights, scales, norms)"),
-    "bits_per_weight": Column("bits/weight", "%.2f", "every stored bit (scales and biases included) per weight"),
-    "latency_ms_p50": Column("latency p50", "%.2f ms", "median over the benchmark's trials: one image at batch 1, "
-                             "or one decoded token"),
-    "peak_memory_mb": Column("peak MLX memory", "%.0f MB", "highest MLX memory during the speed benchmark: the "
-                             "weights plus the activations of its largest input (see its protocol), not the size"),
+    "size_mb": Column("size", "%.2f MB", MEANING["size"]),
+    "bits_per_weight": Column("bits/weight", "%.2f", MEANING["bits/weight"]),
+    "latency_ms_p50": Column("latency p50", "%.2f ms", MEANING["latency p50"]),
+    "peak_memory_mb": Column("peak MLX memory", "%.0f MB", MEANING["peak MLX memory"]),
 }
 # The rest, in two narrower tables (quality, speed); protocols are long texts, so each row names its protocol by a
 # short reference and the texts are listed once below the tables.
@@ -47,7 +54,7 @@ SPEED_DETAILS = {
     "model": Column("model"), "tag": Column("tag"), "backend": Column("backend"), "device": Column("device"),
     "compute_dtype": Column("deployed in", help="the dtype the deployed model computed in; quality is always "
                             "computed in float32"),
-    "throughput": Column("throughput", help="images/s at the benchmark's batch, or decode tokens/s"),
+    "throughput": Column("throughput", help=MEANING["throughput"]),
     "eval_path": Column("eval path"), "created": Column("measured at", help="UTC"),
     "bench_ref": Column("speed protocol", help="listed below the tables"),
 }
