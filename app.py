@@ -1,6 +1,8 @@
 """MLX Quant Lab dashboard: `./lab dashboard` (or `streamlit run app.py` with the environment set up)."""
 import streamlit as st
 
+from views._jobs import jobs_panel
+
 st.set_page_config(page_title="MLX Quant Lab", layout="wide")
 navigation = st.navigation([
     st.Page("views/overview.py", title="Overview", default=True),
@@ -10,4 +12,6 @@ navigation = st.navigation([
     st.Page("views/system.py", title="System"),
     st.Page("views/playground.py", title="Playground"),
 ])
+with st.sidebar:
+    jobs_panel()  # every page: runs in progress, with Cancel
 navigation.run()

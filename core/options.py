@@ -39,3 +39,18 @@ def bits_list(text: str) -> list[int]:
         return [int(b) for b in text.split(",") if b.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated bit widths like 16,8,4,3, got {text!r}")
+
+
+def names_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+def group_sizes_list(text: str) -> list[int | None]:
+    """'32,64' -> [32, 64]; 'default' stands for the mode's own group size."""
+    try:
+        return [None if g.strip() == "default" else int(g) for g in text.split(",") if g.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated group sizes like 32,64, got {text!r}")

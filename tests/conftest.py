@@ -28,6 +28,42 @@ def private_results(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MLXQ_RESULTS", str(tmp_path_factory.getbasetemp() / "results"))
 
 
+@pytest.fixture(autouse=True)
+def private_jobs(tmp_path, monkeypatch):
+    """Job records in the test's own folder; a worker a page or command started there (it inherits the test's
+    environment) is stopped at the end of the test."""
+    folder = tmp_path / "jobs"
+    monkeypatch.setenv("MLXQ_JOBS", str(folder))
+    yield folder
+    stop_worker(folder)
+
+
+def stop_worker(folder: Path) -> None:
+    """Terminate the job worker the heartbeat in `folder` names, if it is alive, and wait until it is gone."""
+    import psutil
+
+    from core.jobs.process import alive
+    from core.jobs.store import JobStore
+    from core.jobs.worker import read_heartbeat
+
+    beat = read_heartbeat(JobStore(folder))
+    if alive(beat):
+        worker = psutil.Process(beat["pid"])
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def wait_for_jobs(timeout: float = 300) -> list:
+    """Until no job in this session's folder is queued or running; the jobs, newest first."""
+    from core.jobs.store import JobStore
+
+    deadline = time.monotonic() + timeout
+    while (active := JobStore().active()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not active, f"jobs still running after {timeout} s: {active}"
+    return JobStore().jobs()
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir():
     from core.models.gguf import prepare_smollm2

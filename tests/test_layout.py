@@ -1,21 +1,24 @@
 """The architecture, enforced: `core/`'s packages are layers and imports run one way, with no cycles; modules and
 functions stay small. Run alone with `python -m pytest tests/test_layout.py` (no MLX needed: sources are parsed).
 
-    cli ─┬─> report ──> eval ─┐
-         └─> serve ───────────┴─> deploy ──> quant ──> models ──> base
+    cli ─┬─> jobs ───┐
+         ├─> report ─┴─> eval ─┐
+         └─> serve ────────────┴─> deploy ──> quant ──> models ──> base
 
-base = errors, settings, options, runtime, blas, cache, data. A module may import its own package and any lower layer,
-except that serve stands beside eval and report: serve never imports them, nor they serve. views/ and app.py (the dashboard) may use any of
-core; core never imports Streamlit or the dashboard."""
+base = errors, settings, options, runtime, blas, cache, data; dist (mx.distributed groups and collectives) sits just
+above base. A module may import its own package and any lower layer,
+except that serve stands beside eval and report: serve never imports them, nor they serve; jobs (background runs)
+never imports serve. views/ and app.py (the dashboard) may use any of core; core never imports Streamlit
+or the dashboard."""
 import ast
 from pathlib import Path
 
 import pytest
 
 CORE = Path(__file__).resolve().parent.parent / "core"
-RANK = {"base": 0, "models": 1, "quant": 2, "deploy": 3, "eval": 4, "serve": 4, "report": 5, "cli": 6}
+RANK = {"base": 0, "dist": 0.5, "models": 1, "quant": 2, "deploy": 3, "eval": 4, "serve": 4, "report": 5, "jobs": 6, "cli": 7}
 BASE = {"errors", "settings", "options", "runtime", "blas", "cache", "data", "__init__"}
-APART = {("serve", "eval"), ("serve", "report"), ("eval", "serve"), ("report", "serve")}
+APART = {("serve", "eval"), ("serve", "report"), ("eval", "serve"), ("report", "serve"), ("jobs", "serve")}
 MAX_MODULE_LINES = 350
 MAX_FUNCTION_LINES = 60
 LONG_FUNCTIONS = {  # function -> why it stays long

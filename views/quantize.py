@@ -1,11 +1,14 @@
 """Quantize & evaluate: pick a model and bit widths, run with progress and cancel, compare with full precision."""
+from dataclasses import asdict
+
 import pandas as pd
 import streamlit as st
 
 from core import runtime
 from core.errors import LabError
 from core.eval.config import EvalConfig
-from core.eval.pipeline import full_test_size, run_eval
+from core.eval.pipeline import full_test_size
+from core.jobs import sweep_job
 from core.models import registry as models
 from core.quant.calibration import default_size
 from core.quant.config import dwq_default
@@ -14,7 +17,8 @@ from core.quant.spec import AFFINE_BITS, AFFINE_GROUP_SIZES, MODES
 from core.report.charts import frame, tradeoff_chart
 from core.report.summaries import COMPARISON_DETAILS, comparison_columns, comparison_table
 from core.report.why import speed_notes
-from views._ui import error, error_message, memory_monitor, table
+from views._jobs import follow, submit
+from views._ui import error, memory_monitor, table
 
 
 @st.cache_data(show_spinner="Counting the test set...")
@@ -32,9 +36,6 @@ def whole_test_set(name: str) -> int | None:
 
 st.title("Quantize & evaluate")
 memory_monitor()
-if st.session_state.pop("quantize_running", False):
-    st.warning("The previous run was cancelled: configurations it had finished are cached, the interrupted one "
-               "left nothing behind.")
 
 names = list(models.REGISTRY)
 left, right = st.columns(2)
@@ -97,8 +98,13 @@ dtype = right.selectbox("Compute dtype", list(runtime.DTYPES), index=list(runtim
                         f"backend's default): size, speed and memory are measured in it; quality is always computed "
                         "in float32 on the same quantized weights")
 
-run_slot = st.empty()  # the Run button, replaced by a disabled one while a run goes on
-if run_slot.button("Run", type="primary", key="q_run"):
+where = right.radio("Run on", ("this machine", "the hosts of a hostfile"), key="q_where", horizontal=True,
+                    help="this machine: the lab's worker process runs it. Hostfile: a sweep spread over several "
+                         "machines with mlx.launch (this machine first in the file; README: several Macs)")
+hostfile = right.text_input("Hostfile (JSON, as mlx.distributed_config writes it)", key="q_hostfile",
+                            placeholder="hosts.json") if where != "this machine" else ""
+if st.button("Run", type="primary", key="q_run", help="Queued for the worker: leave the page or reload, it goes on; "
+             "the sidebar shows its progress on every page"):
     try:
         if mode == "affine" and not bits:
             raise LabError("Pick at least one bit width to compare with full precision.")
@@ -109,36 +115,21 @@ if run_slot.button("Run", type="primary", key="q_run"):
                                        keep_last=keep_last, bench=bench, dtype=dtype)
                             for b in (bits or [])]
         configs = [c.validated() for c in configs]  # every mistake is reported before any work starts
+        if where == "this machine":
+            submit("eval", {"configs": [asdict(c) for c in configs]})
+        else:
+            submit("sweep", sweep_job.spec_for(configs[1:] or configs, hostfile=hostfile.strip()))
     except LabError as e:
         error(e)
         st.stop()
-    run_slot.button("Running…", type="primary", disabled=True, key="q_running",
-                    help="A run is in progress: Cancel stops it.")
-    st.session_state["quantize_running"] = True
-    cancel_slot = st.empty()
-    cancel_slot.button("Cancel", key="q_cancel", help="Stops the run; results finished so far stay cached.")
-    bar = st.progress(0.0, text="starting")
-    results = []
-    try:
-        for i, cfg in enumerate(configs):
-            def progress(fraction, message, i=i, cfg=cfg):
-                bar.progress((i + fraction) / len(configs), text=f"{cfg.tag}: {message}")
-            results.append(run_eval(cfg, progress=progress))
-    except Exception as e:  # LabError, or a bug: one message, the page keeps working
-        st.session_state["quantize_error"] = error_message(e)
-    # A Cancel click stops the script inside run_eval with Streamlit's own BaseException, so this line is then
-    # never reached and the next run reports the cancellation.
-    st.session_state["quantize_running"] = False
-    if results:
-        st.session_state["quantize_results"] = [r.public() for r in results]
-    st.rerun()  # the page again: Run enabled, the results (or the error) below it
 
-if message := st.session_state.pop("quantize_error", None):
-    st.error(message)
-rows = st.session_state.get("quantize_results")
+job = follow(("eval", "sweep"), "q")
+rows = (job.result or {}).get("rows") if job is not None and job.state == "done" else None
 if rows:
     table_rows, notes = comparison_table(rows)
     st.subheader("Result")
+    st.caption(f"The latest run: {job.title}, finished {job.finished.replace('T', ' ')} UTC (job {job.id}; every "
+               "finished run's rows are on the Trade-offs page).")
     result = pd.DataFrame(table_rows)
     main = [c for c in result.columns if c not in COMPARISON_DETAILS]
     table(result, comparison_columns(main))

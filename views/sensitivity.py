@@ -1,7 +1,5 @@
 """Sensitivity: each layer quantized alone at each bit width, KL against full precision on calibration data,
 and the mixed-precision choice for a bits-per-weight target ringed on the chart."""
-import time
-
 import pandas as pd
 import streamlit as st
 
@@ -9,12 +7,13 @@ from core.errors import LabError
 from core.models import registry as models
 from core.quant.calibration import Calibration, default_size
 from core.quant.mixed import allocation_for
-from core.quant.sensitivity import cached_sensitivity, layer_sensitivity
+from core.quant.sensitivity import cached_sensitivity
 from core.quant.spec import AFFINE_BITS, AFFINE_GROUP_SIZES
 from core.report.charts import sensitivity_chart
 from core.report.summaries import allocation_text
 from core.report.tables import sensitivity_table
-from views._ui import error, error_message, memory_monitor, table
+from views._jobs import follow, submit
+from views._ui import error, memory_monitor, table
 
 st.title("Layer sensitivity")
 memory_monitor()
@@ -38,33 +37,24 @@ target = right.number_input("Target bits per weight (mixed precision)", min_valu
                             step=0.1, key="s_target")
 calibration = Calibration(int(calib), int(ctx))
 
-settings_key = (name, tuple(sorted(bits)), group, int(calib), int(ctx))
 rows = None
 try:
     rows = cached_sensitivity(name, bits, group, calibration) if bits else None
 except LabError as e:
     error(e)
-measured = st.session_state.get("s_measured")
-source = (measured[1] if measured and measured[0] == settings_key else "from the cache") if rows else ""
-run_slot = st.empty()  # the Run button, replaced by a disabled one while a measurement goes on
-if run_slot.button("Run", type="primary", key="s_run"):
-    run_slot.button("Running…", type="primary", disabled=True, key="s_running", help="A measurement is in progress.")
-    bar = st.progress(0.0, text="starting")
+if st.button("Run", type="primary", key="s_run", help="Queued for the worker: leave the page or reload, it goes on; "
+             "the sidebar shows its progress on every page"):
     try:
         if not bits:
             raise LabError("Pick at least one bit width to measure.")
-        started = time.perf_counter()
-        layer_sensitivity(name, bits, group, calibration,
-                          progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m))
-        st.session_state["s_measured"] = (settings_key, f"measured in {time.perf_counter() - started:.1f} s")
-    except Exception as e:  # LabError, or a bug: one message, the page keeps working
-        st.session_state["s_error"] = error_message(e)
-    st.rerun()  # the page again, Run enabled, the table read back from the sensitivity cache
-
-if message := st.session_state.pop("s_error", None):
-    st.error(message)
+        submit("sensitivity", {"model": name, "bits": sorted(bits), "group_size": group, "calib": int(calib),
+                               "ctx": int(ctx), "seed": calibration.seed})
+    except LabError as e:
+        error(e)
+        st.stop()
+job = follow(("sensitivity",), "s")
 if not rows:
-    if bits:
+    if bits and not (job and job.active):
         st.info("Not measured yet for these settings: Run measures it. Each layer at each width is one pass over "
                 "the calibration data, so the time grows with layers × widths × calibration size; a language "
                 "model's hundreds of layers want a GPU.")
@@ -79,7 +69,7 @@ png = {"toImageButtonOptions": {"format": "png", "scale": 2}, "displaylogo": Fal
 st.plotly_chart(sensitivity_chart(rows, allocation and allocation.bits,
                                   f"{name}: sensitivity of each layer quantized alone, group {group}"),
                 width="stretch", config=png, key="s_chart")
-st.caption(f"Protocol: {rows[0]['protocol']}. {len({r['layer'] for r in rows})} layers, {source}. "
+st.caption(f"Protocol: {rows[0]['protocol']}. {len({r['layer'] for r in rows})} layers, from the sensitivity cache. "
            "Hover for layer, bits, KL and top-1 agreement." + (f" {allocation_text(allocation)}" if allocation else ""))
 
 layers, columns = sensitivity_table(rows, allocation and allocation.bits)

@@ -20,34 +20,54 @@ def stderr_progress(fraction: float, message: str) -> None:
 
 
 def cmd_eval(args) -> int:
+    """Under `mlx.launch` every rank runs this: the items are split over the ranks, and rank 0 alone reports."""
+    from core.dist.group import world
     from core.eval.config import EvalConfig
     from core.eval.pipeline import run_eval
     from core.report.summaries import result_text
 
+    ranks = world()
+    talk = ranks.root and not args.json
     result = run_eval(config_from_args(EvalConfig, args), use_cache=not args.no_cache,
-                      progress=None if args.json else stderr_progress)
-    if not args.json:
+                      progress=stderr_progress if talk else None, ranks=ranks)
+    if not ranks.root:
+        return 0
+    if talk:
         print(file=sys.stderr)
     print(json.dumps(result.public()) if args.json else result_text(result))
     return 0
 
 
 def cmd_sweep(args) -> int:
+    """Every rank of an `mlx.launch` group runs this with the same flags: each computes its share of the
+    configurations (core.eval.sweep) and rank 0 writes the CSV. SIGTERM (the launcher stopping the group when a
+    rank fails) becomes KeyboardInterrupt, so the rank still reports what it lost."""
+    import signal
+
+    from core.dist.group import world
     from core.eval.config import EvalConfig, EvalResult
-    from core.eval.pipeline import run_eval
+    from core.eval.sweep import expand, run_sweep
     from core.report.results import write_csv
     from core.report.summaries import result_text
 
-    configs = [config_from_args(EvalConfig, args, bits=b).validated() for b in args.bits]  # fail before any work
-    rows = []
-    for cfg in configs:
-        print(f"{cfg.model} {cfg.tag} ...", file=sys.stderr, flush=True)
-        result = run_eval(cfg, use_cache=not args.no_cache, progress=stderr_progress)
-        print(file=sys.stderr)
-        print(result_text(result))
-        rows.append(result.public())
-    out = Path(args.out or f"cache/sweeps/{args.model.replace('/', '_')}-{datetime.now():%Y%m%d-%H%M%S}.csv")
-    print(f"wrote {write_csv(rows, out, [f.name for f in fields(EvalResult) if f.name != 'predictions'])}")
+    ranks = world()
+    base = config_from_args(EvalConfig, args, model=args.model[0], method=args.method[0], bits=args.bits[0],
+                            group_size=args.group_size[0])
+    configs = expand(base, args.model, args.method, args.bits, args.group_size)  # fail before any work
+    if ranks.distributed:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    outcome = run_sweep(configs, use_cache=not args.no_cache, ranks=ranks,
+                        progress=None if ranks.distributed else stderr_progress)
+    if not ranks.root:
+        return 0
+    for row in outcome.rows:
+        print(json.dumps(row) if args.json else result_text(EvalResult.from_dict(row)))
+    name = "-".join(m.replace("/", "_") for m in args.model)[:80]
+    out = Path(args.out or f"cache/sweeps/{name}-{datetime.now():%Y%m%d-%H%M%S}.csv")
+    written = write_csv(outcome.rows, out, [f.name for f in fields(EvalResult) if f.name != "predictions"])
+    print(f"{len(configs)} configurations over {ranks.size} rank(s): computed {len(outcome.computed)}, "
+          f"from the cache {len(outcome.cached)}", file=sys.stderr)
+    print(f"wrote {written}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

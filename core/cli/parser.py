@@ -8,7 +8,8 @@ import sys
 from core import runtime
 from core.cli import commands
 from core.cli.flags import add_config_flags
-from core.options import bits_list, positive_int
+from core.cli.jobs_parser import _jobs_commands
+from core.options import bits_list, group_sizes_list, names_list, positive_int
 
 EXIT_BAD_INPUT = 2
 
@@ -29,9 +30,15 @@ def _run_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the cache")
     p.set_defaults(func=commands.cmd_eval)
-    p = sub.add_parser("sweep", help="run several bit widths and write a CSV")
-    add_config_flags(p, EvalConfig, bits=dict(type=bits_list, required=True, help="comma-separated, e.g. 16,8,4,3"))
+    p = sub.add_parser("sweep", help="every combination of models, methods, bit widths and group sizes, written to "
+                       "one CSV; under mlx.launch spread over the ranks")
+    add_config_flags(p, EvalConfig, bits=dict(type=bits_list, required=True, help="comma-separated, e.g. 16,8,4,3"),
+                     model=dict(type=names_list, help="comma-separated models (registry names, mlx-lm folders, hub ids)"),
+                     method=dict(type=names_list, default=["rtn"], help="comma-separated methods (default rtn)"),
+                     group_size=dict(type=group_sizes_list, default=[None],
+                                     help="comma-separated affine group sizes, e.g. 32,64 (default: 64)"))
     p.add_argument("--out", default=None, help="CSV path (default cache/sweeps/MODEL-TIME.csv)")
+    p.add_argument("--json", action="store_true", help="print each row as one JSON line (rank 0)")
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the cache")
     p.set_defaults(func=commands.cmd_sweep)
     p = sub.add_parser("export", help="quantize one configuration and write it to a folder (mlx-lm folder for "
@@ -55,7 +62,7 @@ def _run_commands(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="MLX Quant Lab: quantize, evaluate and benchmark MLX models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_run_commands, _table_commands, _serving_commands, _other_commands):
+    for add in (_run_commands, _table_commands, _serving_commands, _other_commands, _jobs_commands):
         add(sub)
     return parser
 

@@ -83,6 +83,8 @@ class EvalResult:
     quality_dtype: str = ""  # what the quality numbers were computed in (float32: the de-quantized weights)
     config: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
+    ranks: int = 1  # processes the items were split over (core.dist; 1: this process alone)
+    allreduce_seconds: float | None = None  # time in the collectives that joined the ranks' shares
     eval_seconds: float = 0.0
     created: str = ""
     cached: bool = False

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from core import data, runtime
+from core.dist import collect
+from core.dist.group import SINGLE, Ranks
 from core.eval import quality
 from core.eval.config import EvalConfig, EvalResult, cache_key, result_cache
 from core.eval.flatconv import FlatResNet
@@ -37,11 +39,18 @@ def full_test_size(name: str, ctx: int | None = None) -> int:
     return len(quality.wikitext_tokens(name, tokenizer)) // ctx
 
 
-def run_eval(config: EvalConfig, use_cache: bool = True, progress: quality.Progress | None = None) -> EvalResult:
-    """Quantize, benchmark and evaluate one configuration; cached on disk under cache/results/."""
+def run_eval(config: EvalConfig, use_cache: bool = True, progress: quality.Progress | None = None,
+             ranks: Ranks = SINGLE) -> EvalResult:
+    """Quantize, benchmark and evaluate one configuration; cached on disk under cache/results/.
+
+    With `ranks` of a launched group (core.dist), every rank calls this together: each scores its share of the
+    images or windows, the shares are assembled on every rank, rank 0 benchmarks alone and writes the row, and
+    rank 0's cache decides for all whether there is anything to compute."""
     cfg = config.validated()
     key, cache = cache_key(cfg), result_cache()
-    if use_cache and (body := cache.read(key)) is not None:
+    body = cache.read(key) if use_cache else None
+    body = collect.from_root(body, ranks)
+    if body is not None:
         return replace(EvalResult.from_dict(body), cached=True)
     started = time.perf_counter()
     step = progress or (lambda fraction, message: None)
@@ -51,17 +60,39 @@ def run_eval(config: EvalConfig, use_cache: bool = True, progress: quality.Progr
         row = dict(size_bytes=size_bytes(model), bits_per_weight=bits_per_weight(model))
     row.update(layers_quantized=len(report.quantized), layers_kept=report.kept, layers_padded=report.padded,
                layer_bits=report.layer_bits, distillation=[asdict(p) for p in report.distillation])
+    row["ranks"] = ranks.size
     eval_path = cfg.eval_path if cfg.eval_path != "auto" else ("dequant" if runtime.backend() == "cpu" else "kernel")
     if cfg.spec.full_precision:
         eval_path = "float"
     if info.kind == "vision":
-        result = _eval_vision(cfg, info, model, eval_path, row, step, use_cache)
+        result = _eval_vision(cfg, info, model, eval_path, row, step, use_cache, ranks)
     else:
-        result = _eval_lm(cfg, info, model, tokenizer, eval_path, row, step)
+        result = _eval_lm(cfg, info, model, tokenizer, eval_path, row, step, ranks)
     result.eval_seconds = time.perf_counter() - started
-    cache.write(key, asdict(result))
+    if ranks.root:
+        cache.write(key, asdict(result))
     step(1.0, "done")
     return result
+
+
+def _benchmark_alone(ranks: Ranks, bench):
+    """Rank 0 benchmarks while the other ranks wait, so its timings are not shared with their work."""
+    speed = bench() if ranks.root else None
+    collect.barrier(ranks)
+    collect.CLOCK.take()  # waiting for the benchmark is not communication
+    return speed
+
+
+def _assembled(local: np.ndarray, share: slice, n: int, ranks: Ranks, row: dict) -> np.ndarray:
+    """The ranks' shares joined on every rank; the row records the collective's own time (after a barrier, so
+    waiting for the slowest rank is not counted as communication)."""
+    if not ranks.distributed:
+        return local
+    collect.barrier(ranks)
+    collect.CLOCK.take()
+    full = collect.assemble(local, share, n, ranks)
+    row["allreduce_seconds"] = row.get("allreduce_seconds", 0.0) + collect.CLOCK.take()[0]
+    return full
 
 
 def _common(cfg: EvalConfig, info: ModelInfo, eval_path: str, speed, row: dict) -> dict:
@@ -83,7 +114,7 @@ def _benchmark_progress(step):
     return lambda fraction, message: step(0.1 + 0.1 * fraction, f"benchmarking: {message}")
 
 
-def _eval_vision(cfg, info, model, eval_path, row, step, use_cache) -> EvalResult:
+def _eval_vision(cfg, info, model, eval_path, row, step, use_cache, ranks) -> EvalResult:
     images, labels = data.load_cifar10("test")
     idx = data.stratified_indices(labels, cfg.limit, cfg.seed)
     inputs = resnet.preprocess(images[idx])
@@ -91,22 +122,24 @@ def _eval_vision(cfg, info, model, eval_path, row, step, use_cache) -> EvalResul
     if cfg.bench:
         step(0.1, "benchmarking")
         with computing_in(model, cfg.dtype):
-            speed = bench_classifier(model, inputs[:250], progress=_benchmark_progress(step))
+            speed = _benchmark_alone(ranks, lambda: bench_classifier(model, inputs[:250],
+                                                                     progress=_benchmark_progress(step)))
     flat = None
     if eval_path in ("dequant", "float"):
         dequantize_model(model)
         flat = FlatResNet.try_build(model) if runtime.backend() == "cpu" else None
-    step(0.2, f"evaluating {len(idx)} test images")
+    share = collect.part(len(idx), ranks)
+    step(0.2, f"evaluating {share.stop - share.start} test images" + _of_ranks(len(idx), ranks))
     progress = lambda f, m: step(0.2 + 0.75 * f, m)  # noqa: E731
     if flat is not None:  # the same logits, several times faster on the CPU (core.eval.flatconv)
-        logits = flat.classify(inputs, progress=progress)
+        logits = flat.classify(inputs[share.start:share.stop], progress=progress)
     else:
-        logits = quality.classify_batches(model, inputs, progress=progress)
-    acc = quality.accuracy(logits, labels[idx])
+        logits = quality.classify_batches(model, inputs[share.start:share.stop], progress=progress)
+    acc = quality.accuracy(_assembled(logits, share, len(idx), ranks, row), labels[idx])
     agreement = reference = None
     if not cfg.spec.full_precision:
         step(0.95, "full-precision reference")
-        base = run_eval(cfg.baseline(), use_cache=use_cache)  # same settings as a baseline run the user made
+        base = run_eval(cfg.baseline(), use_cache=use_cache, ranks=ranks)  # as a baseline run the user made
         agreement = 100.0 * float(np.mean(np.asarray(base.predictions) == acc.predictions))
         reference = base.value
     p = acc.top1
@@ -117,11 +150,11 @@ def _eval_vision(cfg, info, model, eval_path, row, step, use_cache) -> EvalResul
         protocol=(f"CIFAR-10 test, {acc.n} images" + ("" if acc.n >= CIFAR10_TEST_IMAGES else
                   f" (class-stratified subset, seed {cfg.seed})") + "; top-1 %, 95 % Wilson interval; computed in float32"
                   + (f"; activations simulated at {cfg.act_bits} bits, per-tensor ranges from {cfg.calib} CIFAR-10 "
-                     "train images" if cfg.act_bits else "")),
+                     "train images" if cfg.act_bits else "") + _split_note(ranks)),
         predictions=acc.predictions.tolist())
 
 
-def _eval_lm(cfg, info, model, tokenizer, eval_path, row, step) -> EvalResult:
+def _eval_lm(cfg, info, model, tokenizer, eval_path, row, step, ranks) -> EvalResult:
     step(0.08, "tokenizing WikiText-2 test")
     tokens = quality.wikitext_tokens(cfg.model, tokenizer)
     bos_id = quality.chunk_bos(cfg.bos, tokenizer)
@@ -133,18 +166,30 @@ def _eval_lm(cfg, info, model, tokenizer, eval_path, row, step) -> EvalResult:
         step(0.1, "benchmarking generation")
         prompt = tokens[: cfg.bench_prefill]
         with computing_in(model, cfg.dtype):
-            speed = bench_generation(model, prompt, cfg.bench_decode, progress=_benchmark_progress(step))
+            speed = _benchmark_alone(ranks, lambda: bench_generation(model, prompt, cfg.bench_decode,
+                                                                     progress=_benchmark_progress(step)))
     if eval_path == "dequant":
         dequantize_model(model)
     reference = None
     if not cfg.spec.full_precision:
         reference, _ = load_baseline(info)
-    step(0.2, f"scoring {len(windows)} chunks")
-    ppl = quality.perplexity(model, windows, reference, progress=lambda f, m: step(0.2 + 0.8 * f, m))
+    share = collect.part(len(windows), ranks)
+    step(0.2, f"scoring {share.stop - share.start} chunks" + _of_ranks(len(windows), ranks))
+    scores = quality.token_scores(model, windows[share], reference, progress=lambda f, m: step(0.2 + 0.8 * f, m))
+    ppl = quality.summarize({name: _assembled(part, share, len(windows), ranks, row)
+                             for name, part in scores.items()})
     subset = "" if len(chosen) == len(tokens) // cfg.ctx else f", {len(chosen)} of {len(tokens) // cfg.ctx} chunks evenly spread"
     return EvalResult(
         **_common(cfg, info, eval_path, speed, row), metric="perplexity", value=ppl.ppl, stderr=ppl.stderr,
         n=ppl.n_tokens, kl_mean=ppl.kl_mean, kl_stderr=ppl.kl_stderr, reference_value=ppl.reference_ppl,
         protocol=f"WikiText-2 raw test ({len(tokens)} tokens{subset}); "
                  + quality.PPL_PROTOCOL.format(ctx=cfg.ctx, bos="BOS" if bos_id is not None else "no BOS")
-                 + "; PPL ± standard error; KL vs full precision; computed in float32")
+                 + "; PPL ± standard error; KL vs full precision; computed in float32" + _split_note(ranks))
+
+
+def _of_ranks(n: int, ranks: Ranks) -> str:
+    return f" of {n} (rank {ranks.rank} of {ranks.size})" if ranks.distributed else ""
+
+
+def _split_note(ranks: Ranks) -> str:
+    return f"; items split over {ranks.size} ranks (mx.distributed), joined by all_sum" if ranks.distributed else ""

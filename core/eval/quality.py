@@ -99,11 +99,11 @@ def scored_logprobs(model: nn.Module, batch: mx.array, first: int) -> mx.array:
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
-def perplexity(model: nn.Module, windows: np.ndarray, reference: nn.Module | None = None, batch_size: int | None = None,
-               progress: Progress | None = None) -> Perplexity:
-    """Perplexity over the second half of each window; with `reference`, also the mean per-token
-    KL(reference || model), the reference's distribution taken as the truth. Batches of windows run on one
-    CPU stream per core (core.eval.parallel)."""
+def token_scores(model: nn.Module, windows: np.ndarray, reference: nn.Module | None = None,
+                 batch_size: int | None = None, progress: Progress | None = None) -> dict[str, np.ndarray]:
+    """Per scored token, [n_windows, ctx - ctx // 2 - 1] float32 arrays: `loss` (negative log-likelihood of the
+    target), and with `reference` also `kl` (KL(reference || model)) and `reference_loss`. Batches of windows run on
+    one CPU stream per core (core.eval.parallel)."""
     n_chunks, ctx = windows.shape
     first = ctx // 2
     batch_size = batch_size or (2 if runtime.backend() == "cpu" else 8)  # CPU: 2 per stream measured fastest
@@ -121,19 +121,30 @@ def perplexity(model: nn.Module, windows: np.ndarray, reference: nn.Module | Non
 
     batches = [windows[start:start + batch_size] for start in range(0, n_chunks, batch_size)]
     scored = list(map_batches(score, batches, progress=progress, message="scoring chunks"))
+    names = ("loss",) if reference is None else ("loss", "kl", "reference_loss")
+    width = ctx - first - 1
+    return {name: (np.concatenate([np.array(parts[i]) for parts in scored]) if scored else
+                   np.zeros((0, width), np.float32)).astype(np.float32) for i, name in enumerate(names)}
 
-    def gathered(i: int) -> np.ndarray:
-        return np.concatenate([np.array(parts[i]).ravel() for parts in scored]).astype(np.float64)
 
-    losses = gathered(0)
+def summarize(scores: dict[str, np.ndarray]) -> Perplexity:
+    """Perplexity ± s.e. (and mean KL ± s.e., the reference's perplexity) from `token_scores`' arrays."""
+    losses = scores["loss"].ravel().astype(np.float64)
     ppl, stderr = ppl_with_stderr(losses)
-    result = Perplexity(ppl, stderr, losses.size, n_chunks)
-    if reference is not None:
-        kls = gathered(1)
+    result = Perplexity(ppl, stderr, losses.size, scores["loss"].shape[0])
+    if "kl" in scores:
+        kls = scores["kl"].ravel().astype(np.float64)
         result.kl_mean = float(kls.mean())
         result.kl_stderr = float(kls.std(ddof=1) / math.sqrt(kls.size)) if kls.size > 1 else 0.0
-        result.reference_ppl = ppl_with_stderr(gathered(2))[0]
+        result.reference_ppl = ppl_with_stderr(scores["reference_loss"].ravel().astype(np.float64))[0]
     return result
+
+
+def perplexity(model: nn.Module, windows: np.ndarray, reference: nn.Module | None = None, batch_size: int | None = None,
+               progress: Progress | None = None) -> Perplexity:
+    """Perplexity over the second half of each window; with `reference`, also the mean per-token
+    KL(reference || model), the reference's distribution taken as the truth."""
+    return summarize(token_scores(model, windows, reference, batch_size, progress))
 
 
 def ppl_with_stderr(losses: np.ndarray) -> tuple[float, float]:

@@ -5,7 +5,7 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, needs_mirror
+from conftest import REPO, needs_mirror, wait_for_jobs
 
 pytestmark = needs_mirror
 
@@ -39,6 +39,9 @@ def test_quantize_page_runs_and_shows_result_next_to_baseline_then_tradeoffs_cha
     at.number_input(key="q_limit").set_value(120)
     at.button(key="q_run").click().run()
     assert not at.exception and not messages(at)
+    (job,) = wait_for_jobs()  # the worker process ran it, not the page (records are per test)
+    assert job.kind == "eval" and job.state == "done" and "resnet20" in job.title
+    at.run()
     table = at.dataframe[0].value
     assert list(table["configuration"]) == ["resnet20 fp", "resnet20 q3g32"]
     assert table["Δ vs full precision"].iloc[0] == "baseline" and "pts" in table["Δ vs full precision"].iloc[1]
@@ -138,19 +141,21 @@ def test_sensitivity_page_measures_a_table_then_shows_it_from_the_cache(tmp_path
     assert not at.exception and any("Not measured yet" in i.value for i in at.info)
     at.button(key="s_run").click().run()
     assert not at.exception and not messages(at)
+    assert wait_for_jobs()[0].state == "done"
+    at.run()
     (chart,) = at.get("plotly_chart")
     traces = json.loads(chart.proto.spec)["data"]
     assert [t["name"] for t in traces] == ["2-bit", "8-bit", "mixed-precision choice"]
     assert "KL" in traces[0]["hovertemplate"] and "agreement" in traces[0]["hovertemplate"]
     assert len(traces[0]["x"]) == 20
     caption = next(c.value for c in at.caption if c.value.startswith("Protocol:"))
-    assert "CIFAR-10 train, 32 class-stratified images" in caption and "measured in" in caption
+    assert "CIFAR-10 train, 32 class-stratified images" in caption and "from the sensitivity cache" in caption
     assert "Ringed: the mixed-precision choice for 4.5 bits/weight" in caption
     assert len(at.dataframe[0].value) == 20
 
     at = page()  # a fresh session: shown at once, without Run
     assert not at.exception and not at.info
-    assert any("from the cache" in c.value for c in at.caption) and len(at.get("plotly_chart")) == 1
+    assert any("from the sensitivity cache" in c.value for c in at.caption) and len(at.get("plotly_chart")) == 1
 
 
 def test_quantize_page_runs_the_mixed_method_within_its_target(tmp_path, monkeypatch):
@@ -166,6 +171,8 @@ def test_quantize_page_runs_the_mixed_method_within_its_target(tmp_path, monkeyp
     at.checkbox(key="q_bench").uncheck()
     at.button(key="q_run").click().run()
     assert not at.exception and not messages(at)
+    assert wait_for_jobs()[0].state == "done"
+    at.run()
     table = at.dataframe[0].value
     assert list(table["configuration"]) == ["resnet20-mlxq fp", "resnet20-mlxq mixed8-g64"]
     assert float(table["bits/weight"].iloc[1]) <= 8.0

@@ -6,21 +6,13 @@ from __future__ import annotations
 import io
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from contextlib import contextmanager, suppress
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, without_mirror
+from browser_support import (CHAT_S, CHROMIUM, CHROMIUM_ARGS, ERROR, PAGE_S, RUN_S, WIDTH, Server, flow,
+                             open_page, running_server, screenshot)
+from conftest import without_mirror
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO / "test-artifacts"
 try:
     from playwright.sync_api import expect, sync_playwright
 except ImportError:  # pragma: no cover - depends on the machine
@@ -30,77 +22,6 @@ pytestmark = [
     pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed (pip install playwright)"),
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
 ]
-
-# The network is closed: without the background-networking flags Chromium floods refused connections.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SERVER_START_S = 60
-PAGE_S = 60            # a page and its widgets
-RUN_S = 180            # the quantize run
-CHAT_S = 180           # loading SmolLM2 twice (fp32 and 4-bit) and generating
-EXCEPTION = '[data-testid="stException"]'
-ERROR = '[data-testid="stAlertContentError"]'
-TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
-WIDTH = 1280           # a classroom projector's width: every page must fit it
-
-
-class Server:
-    """`streamlit run app.py` on a free port; its output goes to a log file the flows check for tracebacks."""
-
-    def __init__(self, results: Path, log: Path, env: dict | None = None):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._log_file = open(log, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(self.port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env={**(env or os.environ), "MLXQ_RESULTS": str(results),
-                           "MLXQ_SENSITIVITY": str(results.parent / "sensitivity")}, stdout=self._log_file,
-            stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"streamlit exited with code {self.process.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"streamlit was not healthy after {timeout:.0f} s:\n{self.output()}")
-
-    def output(self, start: int = 0) -> str:
-        self._log_file.flush()
-        return self.log.read_bytes()[start:].decode(errors="replace")
-
-    def stop(self) -> None:
-        """Its whole process group (it was started in a new session), politely, then not."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
-            except ProcessLookupError:
-                pass
-        self._log_file.close()
-
-
-@contextmanager
-def running_server(folder: Path, env: dict | None = None):
-    srv = Server(results=folder / "results", log=folder / "streamlit.log", env=env)
-    try:
-        srv.wait_healthy(SERVER_START_S)
-        yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -140,63 +61,6 @@ def page(server):
         playwright.stop()
 
 
-def screenshot(page, name: str) -> None:
-    """The whole page: Streamlit scrolls inside its main container, so grow the viewport to its height first."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    size = page.viewport_size
-    height = page.evaluate("""() => Math.max(document.documentElement.scrollHeight, ...Array.from(
-        document.querySelectorAll('[data-testid="stMain"], [data-testid="stAppViewContainer"]'),
-        e => e.scrollHeight))""")
-    try:
-        if height > size["height"]:
-            page.set_viewport_size({"width": size["width"], "height": min(int(height) + 40, 8000)})
-            page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    finally:
-        page.set_viewport_size(size)
-
-
-@contextmanager
-def flow(page, server: Server, name: str, errors_expected: bool = False):
-    """Screenshot at the end (also on failure), then: no exception element, no traceback on the page or in the
-    server's log, and no error message unless the flow provokes one."""
-    log_start = len(server.log.read_bytes())
-    try:
-        yield
-    except BaseException:
-        with suppress(Exception):  # the page as it was when the flow failed; never hide the failure itself
-            screenshot(page, name)
-        raise
-    screenshot(page, name)
-    expect(page.locator(EXCEPTION)).to_have_count(0)
-    assert_fits_the_width(page)
-    assert not TRACEBACK.search(page.locator("body").inner_text()), "a Python traceback is shown on the page"
-    log = server.output(log_start)
-    assert not TRACEBACK.search(log), f"the server logged a traceback:\n{log[-8000:]}"
-    if not errors_expected:
-        errors = page.locator(ERROR).all_inner_texts()
-        assert not errors, f"error messages on the page: {errors}"
-
-
-def assert_fits_the_width(page) -> None:
-    """Nothing is cut off at the viewport's width: the main area does not scroll sideways and no table or chart
-    reaches past its right edge."""
-    overflow = page.evaluate("""() => {
-        const main = document.querySelector('[data-testid="stMain"]');
-        const wide = Array.from(document.querySelectorAll(
-            '[data-testid="stDataFrame"], [data-testid="stTable"], [data-testid="stPlotlyChart"]'))
-            .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
-            .map(e => e.getAttribute('data-testid'));
-        return {main: main ? main.scrollWidth - main.clientWidth : 0, wide};
-    }""")
-    assert overflow["main"] <= 1 and not overflow["wide"], f"wider than {WIDTH} px: {overflow}"
-
-
-def open_page(page, server: Server, path: str, ready) -> None:
-    page.goto(server.url + path)
-    expect(ready(page)).to_be_visible(timeout=PAGE_S * 1000)
-
-
 def test_overview_renders(page, server):
     with flow(page, server, "overview"):
         open_page(page, server, "/", lambda p: p.get_by_test_id("stMetricLabel").filter(has_text="Backend"))
@@ -208,7 +72,7 @@ def test_overview_renders(page, server):
 
 def open_quantize(page, server: Server, model_name: str, limit: str) -> None:
     """The Quantize page with `model_name` chosen and the evaluation subset set to `limit` images."""
-    open_page(page, server, "/quantize", lambda p: p.get_by_role("button", name="Run"))
+    open_page(page, server, "/quantize", lambda p: p.get_by_role("button", name="Run", exact=True))
     model = page.get_by_test_id("stSelectbox").filter(has_text="Model")
     model.get_by_role("combobox").click()
     page.get_by_role("option", name=re.compile(rf"^{model_name} ")).click()
@@ -228,7 +92,7 @@ def test_quantize_runs_resnet20_at_4_bits(page, server):
         expect(bits.get_by_role("button", name="Remove 4")).to_have_count(1)
         expect(page.get_by_test_id("stCheckbox").filter(has_text="Benchmark speed and memory")
                .get_by_role("checkbox")).to_be_checked()
-        page.get_by_role("button", name="Run").click()
+        page.get_by_role("button", name="Run", exact=True).click()
         table = page.get_by_test_id("stDataFrame")
         expect(table).to_contain_text("resnet20 q4g64", timeout=RUN_S * 1000)
         expect(table).to_contain_text("resnet20 fp")
@@ -241,15 +105,38 @@ def test_quantize_runs_resnet20_at_4_bits(page, server):
 def test_quantize_run_can_be_cancelled(page, server):
     with flow(page, server, "quantize-cancelled"):
         open_quantize(page, server, "resnet56", "0")  # the full test set: long enough to cancel
-        page.get_by_role("button", name="Run").click()
-        expect(page.get_by_test_id("stProgress")).to_be_visible(timeout=PAGE_S * 1000)
-        page.get_by_role("button", name="Cancel").click()
-        expect(page.get_by_text("The previous run was cancelled")).to_be_visible(timeout=RUN_S * 1000)
-        # the page settles as it was before the run: Run is back, no progress bar, no Cancel, no result
-        expect(page.get_by_role("button", name="Run")).to_be_visible(timeout=PAGE_S * 1000)
+        page.get_by_role("button", name="Run", exact=True).click()
+        main = page.get_by_test_id("stMain")
+        expect(main.get_by_test_id("stProgress")).to_be_visible(timeout=PAGE_S * 1000)
+        main.get_by_role("button", name="Cancel").click()
+        expect(page.get_by_text("The last run was cancelled")).to_be_visible(timeout=RUN_S * 1000)
+        # the page settles as it was before the run: Run is there, no progress bar, no Cancel, no result
+        expect(page.get_by_role("button", name="Run", exact=True)).to_be_visible(timeout=PAGE_S * 1000)
         expect(page.get_by_test_id("stProgress")).to_have_count(0, timeout=PAGE_S * 1000)
         expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
-        expect(page.get_by_test_id("stDataFrame")).to_have_count(0)
+        expect(main.get_by_test_id("stDataFrame")).to_have_count(0)
+
+
+def test_a_run_goes_on_when_the_page_is_left_and_reloaded(page, server):
+    """The run belongs to the worker, not the page: another page shows it in the sidebar, coming back and a
+    browser reload find it still running, and its result appears when it ends."""
+    with flow(page, server, "quantize-job-survives"):
+        open_quantize(page, server, "resnet32", "2000")
+        page.get_by_role("button", name="Run", exact=True).click()
+        main, sidebar = page.get_by_test_id("stMain"), page.get_by_test_id("stSidebar")
+        expect(main.get_by_test_id("stProgress")).to_be_visible(timeout=PAGE_S * 1000)
+        page.get_by_test_id("stSidebarNavLink").filter(has_text="System").click()
+        expect(page.get_by_test_id("stMetricLabel").filter(has_text="Process RSS")).to_be_visible()
+        expect(sidebar.get_by_test_id("stProgress")).to_contain_text("evaluate resnet32")
+        page.get_by_test_id("stSidebarNavLink").filter(has_text="Quantize").click()
+        expect(main.get_by_test_id("stProgress")).to_be_visible(timeout=PAGE_S * 1000)
+        page.reload()
+        expect(main.get_by_test_id("stProgress").or_(main.get_by_test_id("stDataFrame"))).to_be_visible(
+            timeout=PAGE_S * 1000)
+        table = main.get_by_test_id("stDataFrame")
+        expect(table).to_contain_text("resnet32 q4g64", timeout=RUN_S * 1000)
+        expect(table).to_contain_text("resnet32 fp")
+        expect(sidebar.get_by_text("done", exact=False).first).to_be_visible()
 
 
 def test_tradeoffs_charts_the_run(page, server):
@@ -263,7 +150,7 @@ def test_tradeoffs_charts_the_run(page, server):
 
 def test_sensitivity_measures_and_charts_each_layer(page, server):
     with flow(page, server, "sensitivity"):
-        open_page(page, server, "/sensitivity", lambda p: p.get_by_role("button", name="Run"))
+        open_page(page, server, "/sensitivity", lambda p: p.get_by_role("button", name="Run", exact=True))
         bits = page.get_by_test_id("stMultiSelect")
         for width in ("4", "3"):
             bits.get_by_role("button", name=f"Remove {width}").click()
@@ -272,7 +159,7 @@ def test_sensitivity_measures_and_charts_each_layer(page, server):
         calib.fill("32")
         calib.press("Enter")
         expect(page.get_by_text("Not measured yet", exact=False)).to_be_visible()
-        page.get_by_role("button", name="Run").click()
+        page.get_by_role("button", name="Run", exact=True).click()
         chart = page.get_by_test_id("stPlotlyChart")
         expect(chart.locator(".scatterlayer .point").first).to_be_attached(timeout=RUN_S * 1000)
         expect(page.get_by_text("Protocol: CIFAR-10 train, 32 class-stratified images", exact=False)).to_be_visible()

@@ -1,7 +1,7 @@
 """The dashboard's readouts through Streamlit's AppTest, on hand-made result rows (no evaluation runs, so each test
 takes seconds): full precision named float32, intervals named, tables with labels and units, protocols kept apart,
 the "why" beside a slower quantized model, memory readings that say what they count, a capped subset, a Run button
-disabled while a run goes on, error messages without class names, demo mode that persists across pages, and the
+page that follows its run as a job, error messages without class names, demo mode that persists across pages, and the
 first-run note of a clone without the data mirror."""
 import base64
 import json
@@ -108,43 +108,49 @@ def fake_result(r: dict):
     return EvalResult(**{k: v for k, v in r.items() if k in names})
 
 
-def test_quantize_disables_run_while_running_and_explains_the_result(monkeypatch):
-    import streamlit as st
+def a_job(state: str, result: dict | None = None):
+    """An eval job's record in the test's jobs folder, as the worker leaves it (no worker runs here)."""
+    from core.jobs import process
+    from core.jobs.store import JobStore
 
-    from core.eval import pipeline
+    store = JobStore()
+    job = store.submit("eval", {"configs": [{"model": "resnet20-mlxq", "bits": 4}]})
+    if state != "queued":
+        job = store.finish(store.claim_next(process.identity()), state, state, result=result)
+    return job
 
-    monkeypatch.setattr(pipeline, "run_eval", lambda cfg, progress=None: st.stop())  # the script ends mid-run
+
+def test_quantize_follows_its_job_cancels_it_and_explains_the_result(results):
+    a_job("queued")
     at = app().switch_page("views/quantize.py").run()
-    at.button(key="q_run").click().run()
     assert not at.exception
+    assert any("waiting for the worker" in p.proto.text for p in at.get("progress"))
     buttons = {b.proto.label: b.proto.disabled for b in at.button}
-    assert buttons.get("Running…") is True and buttons.get("Cancel") is False and "Run" not in buttons
+    assert buttons.get("Run") is False and buttons.get("Cancel") is False  # more runs queue behind it
+    at.button(key="q_cancel").click().run()
+    assert not at.exception and any("The last run was cancelled" in w.value for w in at.warning)
 
-    at.run()  # the next script run: the stopped run reads as cancelled, and Run is back
-    assert any("previous run was cancelled" in w.value for w in at.warning)
-    made = {16: row(latency=11.0), 4: row(bits=4, value=90.0, latency=22.0)}
-    monkeypatch.setattr(pipeline, "run_eval", lambda cfg, progress=None: fake_result(made[cfg.bits]))
-    at.multiselect(key="q_bits").set_value([4])
-    at.button(key="q_run").click().run()
-    assert not at.exception and not at.error
-    assert {b.proto.label: b.proto.disabled for b in at.button}.get("Run") is False  # enabled again after the run
+    a_job("done", {"rows": [row(latency=11.0), row(bits=4, value=90.0, latency=22.0)]})
+    at.run()
+    assert not at.exception and not at.error and not at.warning
     assert list(at.dataframe[0].value["precision"]) == ["float32 (full precision)", "4-bit"]
     assert any("no quantized convolution" in i.value for i in at.info)
     assert any("Peak MLX memory counts the weights plus the activations of a batch of 250" in c.value
                for c in at.caption)
 
 
-def test_quantize_error_message_names_no_exception_class(monkeypatch):
-    from core.eval import pipeline
+def test_a_failed_job_reads_in_words_without_exception_class(results):
+    from core.jobs import process
+    from core.jobs.store import JobStore
+    from core.jobs.worker import run_job
 
-    def broken(cfg, progress=None):
-        raise OSError("the disk is full")
-    monkeypatch.setattr(pipeline, "run_eval", broken)
+    store = JobStore()
+    store.submit("eval", {"configs": [{"model": 5, "bits": 4}]})  # not a name: fails inside the run, not as LabError
+    run_job(store, store.claim_next(process.identity()))
     at = app().switch_page("views/quantize.py").run()
-    at.button(key="q_run").click().run()
     assert not at.exception
     (message,) = [e.value for e in at.error]
-    assert message.startswith("Something went wrong: the disk is full.") and "OSError" not in message
+    assert message.startswith("Something went wrong") and "worker's log" in message and "Error" not in message
 
 
 def test_quantize_caps_the_subset_at_the_test_set():
