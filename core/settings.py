@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def _path(name: str) -> Path | None:
     value = os.environ.get(name)
-    return Path(value).expanduser() if value else None
+    return Path(value).expanduser().resolve() if value else None  # absolute: workers and ranks run elsewhere
 
 
 def mirror_root() -> Path | None:

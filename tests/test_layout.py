@@ -1,9 +1,9 @@
 """The architecture, enforced: `core/`'s packages are layers and imports run one way, with no cycles; modules and
 functions stay small. Run alone with `python -m pytest tests/test_layout.py` (no MLX needed: sources are parsed).
 
-    cli ─┬─> jobs ───┐
-         ├─> report ─┴─> eval ─┐
-         └─> serve ────────────┴─> deploy ──> quant ──> models ──> base
+    cli ─┬─> jobs ───┬─> report ─┐
+         │           └───────────┴─> eval ─┐
+         └─> serve ────────────────────────┴─> deploy ──> quant ──> models ──> dist ──> base
 
 base = errors, settings, options, runtime, blas, cache, data; dist (mx.distributed groups and collectives) sits just
 above base. A module may import its own package and any lower layer,

@@ -3,15 +3,18 @@ its record, so leaving the page, reloading the browser or opening a second tab n
 sidebar of every page lists the jobs in progress with a Cancel button each."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import streamlit as st
 
 from core.errors import LabError
 from core.jobs.store import Job, JobStore
-from core.jobs.worker import ensure_worker
+from core.jobs.worker import ensure_worker, live_worker
 
 STATE_NOTES = {"queued": "waiting for the worker", "running": "running", "done": "done", "failed": "failed",
                "cancelled": "cancelled", "interrupted": "interrupted"}
 RECENT = 3  # finished jobs the sidebar still names
+ORPHAN_S = 10  # a job queued this long with no live worker gets one (submitting starts one; this covers a worker lost)
 _SEEN = "jobs_seen_active"  # the active job ids the panel showed last time: one that ends refreshes the page
 
 
@@ -39,6 +42,11 @@ def cancel(job_id: str) -> None:
         st.session_state["jobs_error"] = str(e)
 
 
+def _waited(job: Job) -> float:
+    """Seconds since `job` was submitted."""
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(job.created)).total_seconds()
+
+
 def waiting_before(job: Job) -> int:
     """Jobs the worker takes before `job` (it runs one at a time, oldest first)."""
     return sum(1 for other in store().active() if other.id < job.id)
@@ -59,6 +67,8 @@ def jobs_panel() -> None:
     this session saw running ends, the whole page reruns so it shows the result."""
     jobs = store().jobs()
     active = [job for job in jobs if job.active]
+    if any(job.state == "queued" and _waited(job) > ORPHAN_S for job in active) and live_worker(store()) is None:
+        ensure_worker(store())  # the worker left (idle, or killed) while a job waited: start another
     ended = [job for job in jobs if not job.active][:RECENT]
     seen = st.session_state.get(_SEEN, set())
     st.session_state[_SEEN] = {job.id for job in active}

@@ -7,7 +7,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import fields
-from datetime import datetime
 from pathlib import Path
 
 from core import runtime, settings
@@ -46,7 +45,8 @@ def cmd_sweep(args) -> int:
 
     from core.dist.group import world
     from core.eval.config import EvalConfig, EvalResult
-    from core.eval.sweep import expand, run_sweep
+    from core.cache import atomic_write_text
+    from core.eval.sweep import default_csv, expand, run_sweep
     from core.report.results import write_csv
     from core.report.summaries import result_text
 
@@ -62,12 +62,15 @@ def cmd_sweep(args) -> int:
         return 0
     for row in outcome.rows:
         print(json.dumps(row) if args.json else result_text(EvalResult.from_dict(row)))
-    name = "-".join(m.replace("/", "_") for m in args.model)[:80]
-    out = Path(args.out or f"cache/sweeps/{name}-{datetime.now():%Y%m%d-%H%M%S}.csv")
+    out = Path(args.out) if args.out else default_csv(args.model)
     written = write_csv(outcome.rows, out, [f.name for f in fields(EvalResult) if f.name != "predictions"])
     print(f"{len(configs)} configurations over {ranks.size} rank(s): computed {len(outcome.computed)}, "
           f"from the cache {len(outcome.cached)}", file=sys.stderr)
     print(f"wrote {written}", file=sys.stderr if args.json else sys.stdout)
+    if args.summary:  # for a caller that cannot read rank 0's output apart from the other ranks' (core.jobs)
+        atomic_write_text(Path(args.summary), json.dumps(
+            {"rows": outcome.rows, "csv": str(written.resolve()), "configurations": len(configs),
+             "ranks": ranks.size, "computed": len(outcome.computed), "cached": len(outcome.cached)}))
     return 0
 
 

@@ -60,6 +60,46 @@ def cmd_jobs_submit_sensitivity(args) -> int:
     return _submit(args, "sensitivity", spec)
 
 
+def cmd_jobs_submit_sweep(args) -> int:
+    """The sweep's flags as `sweep` takes them; with --hostfile the worker sends it to those hosts (mlx.launch)."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from core.eval.config import EvalConfig
+    from core.eval.sweep import VARYING
+    from core.jobs.sweep_job import checked_hostfile, configs_of
+
+    settings = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if f.name not in VARYING}
+    spec = dict(models=args.model, methods=args.method, bits=args.bits, group_sizes=args.group_size,
+                settings=settings, hostfile=checked_hostfile(args.hostfile),
+                out=str(Path(args.out).resolve()) if args.out else None, use_cache=not args.no_cache)
+    configs_of(spec)  # every configuration checked before the job is queued
+    return _submit(args, "sweep", spec)
+
+
+def cmd_jobs_submit_export(args) -> int:
+    from pathlib import Path
+
+    from core.quant.config import QuantConfig
+
+    config = config_from_args(QuantConfig, args)
+    config.validated()
+    return _submit(args, "export", {**asdict(config), "out": str(Path(args.out).resolve()), "force": args.force,
+                                    "format": args.format, "gguf_type": args.gguf_type})
+
+
+def cmd_jobs_submit_train(args) -> int:
+    from dataclasses import fields
+    from pathlib import Path
+
+    from core.models.train import Recipe
+
+    recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe) if hasattr(args, f.name)})
+    recipe.check()
+    return _submit(args, "train", {**asdict(recipe), "out": str(Path(args.out).resolve()),
+                                   "eval_every": args.eval_every})
+
+
 def summary(job: Job) -> str:
     """A job as `jobs show` prints it: its state, times, error or result."""
     lines = [f"{job.id}  {job.kind}: {job.title}",
@@ -69,10 +109,10 @@ def summary(job: Job) -> str:
     if job.error:
         lines.append(f"  error: {job.error}")
     result = job.result or {}
-    for row in result.get("rows", [])[:50] if job.kind == "eval" else []:
+    for row in result.get("rows", [])[:50] if job.kind in ("eval", "sweep") else []:
         lines.append(f"  {row['model']} {row['tag']}: {row['metric']} {row['value']:.4f} ± {row['stderr']:.4f} "
                      f"(n={row['n']}), {row['bits_per_weight']:.3f} bits/weight")
-    if job.kind != "eval" and result:
+    if job.kind not in ("eval", "sweep") and result:
         lines.append(f"  result: {', '.join(f'{k}={v}' for k, v in result.items() if not isinstance(v, (list, dict)))}"
                      f"{' (rows: see --json)' if 'rows' in result else ''}")
     return "\n".join(lines)
@@ -101,7 +141,7 @@ def _wait(store: JobStore, job_id: str, timeout: float | None) -> int:
     while job.active:
         stderr_progress(job.progress, f"{job.state}: {job.message}"[:60])
         if job.state == "queued" and not warned and live_worker(store) is None:
-            print(f"\nno worker is running: `./lab jobs worker` (or any `./lab jobs submit`) starts one",
+            print("\nno worker is running: `./lab jobs worker` (or any `./lab jobs submit`) starts one",
                   file=sys.stderr)
             warned = True
         if timeout is not None and time.monotonic() - began > timeout:

@@ -1,4 +1,4 @@
-"""The `python -m core jobs` parser: list, submit (eval, sensitivity), show, cancel, wait, worker. Submitted runs
+"""The `python -m core jobs` parser: list, submit (eval, sensitivity, sweep, export, train), show, cancel, wait, worker. Submitted runs
 take exactly the flags of the commands that run them in the foreground."""
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ def _submit_flags(parser: argparse.ArgumentParser, json_flag: bool = True) -> No
     parser.add_argument("--no-worker", action="store_true", help="only queue it; `jobs worker` runs it later")
 
 
-def _submit_commands(jobs, sensitivity: argparse.ArgumentParser) -> None:
-    """submit eval (EvalConfig's flags, --q-bits a list) and submit sensitivity (`sensitivity`'s own flags)."""
+def _submit_commands(jobs, commands: dict) -> None:
+    """submit eval (EvalConfig's flags, --q-bits a list); submit sensitivity, sweep, export and train (the flags of
+    those commands, from their parsers in `commands`)."""
     from core.eval.config import EvalConfig
 
     submit = jobs.add_parser("submit", help="queue a run as a background job; starts a worker unless one runs")
@@ -35,21 +36,31 @@ def _submit_commands(jobs, sensitivity: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the cache")
     _submit_flags(p)
     p.set_defaults(func=jobs_commands.cmd_jobs_submit_eval)
-    p = kinds.add_parser("sensitivity", parents=[sensitivity], add_help=False,
+    p = kinds.add_parser("sensitivity", parents=[commands["sensitivity"]], add_help=False,
                          help="per-layer sensitivity table (the flags of `sensitivity`)")
     _submit_flags(p, json_flag=False)  # --json comes with sensitivity's flags
     p.set_defaults(func=jobs_commands.cmd_jobs_submit_sensitivity)
+    p = kinds.add_parser("sweep", parents=[commands["sweep"]], add_help=False,
+                         help="every combination of models, methods, widths and group sizes (the flags of `sweep`)")
+    p.add_argument("--hostfile", default=None, help="run it on these hosts through mlx.launch (this machine first; "
+                   "a JSON hostfile as mlx.distributed_config writes it)")
+    _submit_flags(p, json_flag=False)
+    p.set_defaults(func=jobs_commands.cmd_jobs_submit_sweep)
+    for name, func in (("export", jobs_commands.cmd_jobs_submit_export), ("train", jobs_commands.cmd_jobs_submit_train)):
+        p = kinds.add_parser(name, parents=[commands[name]], add_help=False, help=f"the flags of `{name}`")
+        _submit_flags(p)
+        p.set_defaults(func=func)
 
 
 def _jobs_commands(sub) -> None:
-    """`jobs` and its subcommands; added after `sensitivity`, whose flags `jobs submit sensitivity` takes."""
+    """`jobs` and its subcommands; added after the commands whose flags `jobs submit` takes."""
     p = sub.add_parser("jobs", help="background jobs: list (default), submit, show, cancel, wait, worker")
     p.set_defaults(func=jobs_commands.cmd_jobs_list, json=False)
     jobs = p.add_subparsers(dest="jobs_command", parser_class=_JobsParser)
     q = jobs.add_parser("list", help="every job, newest first: id, kind, state, progress, title, message")
     q.add_argument("--json", action="store_true", help="print the records as one JSON list")
     q.set_defaults(func=jobs_commands.cmd_jobs_list)
-    _submit_commands(jobs, sub.choices["sensitivity"])
+    _submit_commands(jobs, sub.choices)
     q = jobs.add_parser("show", help="one job: state, times, error or result")
     q.add_argument("id")
     q.add_argument("--json", action="store_true", help="print the record")

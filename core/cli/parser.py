@@ -36,9 +36,11 @@ def _run_commands(sub) -> None:
                      model=dict(type=names_list, help="comma-separated models (registry names, mlx-lm folders, hub ids)"),
                      method=dict(type=names_list, default=["rtn"], help="comma-separated methods (default rtn)"),
                      group_size=dict(type=group_sizes_list, default=[None],
-                                     help="comma-separated affine group sizes, e.g. 32,64 (default: 64)"))
+                                     help="comma-separated affine group sizes, e.g. 32,64 (default: the mode's own)"))
     p.add_argument("--out", default=None, help="CSV path (default cache/sweeps/MODEL-TIME.csv)")
     p.add_argument("--json", action="store_true", help="print each row as one JSON line (rank 0)")
+    p.add_argument("--summary", default=None, metavar="PATH", help="rank 0 also writes the rows and counts as one "
+                   "JSON file here (for programs that start the sweep)")
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the cache")
     p.set_defaults(func=commands.cmd_sweep)
     p = sub.add_parser("export", help="quantize one configuration and write it to a folder (mlx-lm folder for "

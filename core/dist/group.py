@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlx.core as mx
 
@@ -59,7 +60,7 @@ def ring_hosts() -> list[str]:
     if not text:
         return []
     try:
-        nodes = json.loads(open(text).read() if os.path.isfile(text) else text)
+        nodes = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
         return [node[0].rsplit(":", 1)[0] for node in nodes]
     except (OSError, ValueError, IndexError, TypeError, AttributeError):
         return []

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from core import data, runtime
+from core.errors import LabError
 from core.dist import collect
 from core.dist.group import SINGLE, Ranks
 from core.eval import quality
@@ -62,6 +63,7 @@ def run_eval(config: EvalConfig, use_cache: bool = True, progress: quality.Progr
                layer_bits=report.layer_bits, distillation=[asdict(p) for p in report.distillation])
     row["ranks"] = ranks.size
     eval_path = cfg.eval_path if cfg.eval_path != "auto" else ("dequant" if runtime.backend() == "cpu" else "kernel")
+    eval_path = collect.from_root(eval_path, ranks)  # ranks on other backends follow rank 0's, which the row names
     if cfg.spec.full_precision:
         eval_path = "float"
     if info.kind == "vision":
@@ -128,6 +130,7 @@ def _eval_vision(cfg, info, model, eval_path, row, step, use_cache, ranks) -> Ev
     if eval_path in ("dequant", "float"):
         dequantize_model(model)
         flat = FlatResNet.try_build(model) if runtime.backend() == "cpu" else None
+    _enough_items(len(idx), ranks)
     share = collect.part(len(idx), ranks)
     step(0.2, f"evaluating {share.stop - share.start} test images" + _of_ranks(len(idx), ranks))
     progress = lambda f, m: step(0.2 + 0.75 * f, m)  # noqa: E731
@@ -139,7 +142,8 @@ def _eval_vision(cfg, info, model, eval_path, row, step, use_cache, ranks) -> Ev
     agreement = reference = None
     if not cfg.spec.full_precision:
         step(0.95, "full-precision reference")
-        base = run_eval(cfg.baseline(), use_cache=use_cache, ranks=ranks)  # as a baseline run the user made
+        base = run_eval(cfg.baseline(), use_cache=use_cache, ranks=ranks,  # as a baseline run the user made
+                        progress=lambda f, m: step(0.95 + 0.05 * f, f"full-precision reference: {m}"))
         agreement = 100.0 * float(np.mean(np.asarray(base.predictions) == acc.predictions))
         reference = base.value
     p = acc.top1
@@ -173,6 +177,7 @@ def _eval_lm(cfg, info, model, tokenizer, eval_path, row, step, ranks) -> EvalRe
     reference = None
     if not cfg.spec.full_precision:
         reference, _ = load_baseline(info)
+    _enough_items(len(windows), ranks)
     share = collect.part(len(windows), ranks)
     step(0.2, f"scoring {share.stop - share.start} chunks" + _of_ranks(len(windows), ranks))
     scores = quality.token_scores(model, windows[share], reference, progress=lambda f, m: step(0.2 + 0.8 * f, m))
@@ -185,6 +190,12 @@ def _eval_lm(cfg, info, model, tokenizer, eval_path, row, step, ranks) -> EvalRe
         protocol=f"WikiText-2 raw test ({len(tokens)} tokens{subset}); "
                  + quality.PPL_PROTOCOL.format(ctx=cfg.ctx, bos="BOS" if bos_id is not None else "no BOS")
                  + "; PPL ± standard error; KL vs full precision; computed in float32" + _split_note(ranks))
+
+
+def _enough_items(n: int, ranks: Ranks) -> None:
+    """Every rank needs a share; every rank sees the same n, so all of them stop here together."""
+    if n < ranks.size:
+        raise LabError(f"{n} items cannot be split over {ranks.size} ranks: evaluate at least {ranks.size}.")
 
 
 def _of_ranks(n: int, ranks: Ranks) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import itertools
 import sys
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
 from typing import Callable
 
 from core.dist import collect
@@ -22,7 +24,9 @@ from core.eval.config import EvalConfig, EvalResult, cache_key, result_cache
 from core.eval.pipeline import CIFAR10_TEST_IMAGES, run_eval
 from core.models import resnet
 from core.models.registry import resolve
+from core.settings import cache_root
 
+VARYING = ("model", "method", "bits", "group_size")  # what a sweep's configurations differ in; the rest is shared
 _LM_PARAMETERS = {"smollm2-135m-instruct": 135e6}
 _OTHER_LM_PARAMETERS = 1e9  # an mlx-lm folder or hub id: assumed larger than the registry's model
 _METHOD_WORK = {"none": 1.0, "rtn": 1.0, "gptq": 1.5, "awq": 1.5, "mixed": 3.0, "dwq": 6.0}
@@ -42,6 +46,12 @@ def expand(base: EvalConfig, models: list[str], methods: list[str], bits: list[i
     if not configs:
         raise LabError("The sweep has no configurations: give at least one model and one bit width.")
     return configs
+
+
+def default_csv(models: list[str]) -> Path:
+    """Where a sweep's CSV goes unless told: cache/sweeps/<models>-<time>.csv."""
+    name = "-".join(m.replace("/", "_") for m in models)[:80]
+    return cache_root() / "sweeps" / f"{name}-{datetime.now():%Y%m%d-%H%M%S}.csv"
 
 
 def work(cfg: EvalConfig) -> float:

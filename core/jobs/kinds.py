@@ -108,11 +108,19 @@ def _run_export(spec: dict, progress: Progress) -> dict:
     from core.deploy.export import export_model
     from core.quant.config import QuantConfig
 
-    settings = {k: v for k, v in spec.items() if k not in ("out", "force")}
+    settings = {k: v for k, v in spec.items() if k not in ("out", "force", "format", "gguf_type")}
     if "out" not in spec:
         raise LabError("An export job needs 'out', the folder to write.")
-    result = export_model(from_spec(QuantConfig, settings, "an export"), Path(spec["out"]),
-                          force=bool(spec.get("force")), progress=progress)
+    config = from_spec(QuantConfig, settings, "an export")
+    if spec.get("format", "mlx") == "gguf":
+        from core.deploy.gguf_export import export_gguf
+        made = export_gguf(config, Path(spec["out"]), force=bool(spec.get("force")),
+                           gguf_type=spec.get("gguf_type"), progress=progress)
+        return {"path": str(made.path), "format": "gguf", "tag": made.tag, "file_bytes": made.file_bytes,
+                "bits_per_weight": made.file_bits_per_weight}
+    if spec.get("gguf_type") is not None:
+        raise LabError("--gguf-type goes with --format gguf.")
+    result = export_model(config, Path(spec["out"]), force=bool(spec.get("force")), progress=progress)
     return {"path": str(result.path), "kind": result.kind, "tag": result.tag, "size_bytes": result.size_bytes,
             "file_bytes": result.file_bytes, "bits_per_weight": result.bits_per_weight, "dtype": result.dtype}
 

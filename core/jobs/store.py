@@ -12,6 +12,7 @@ import fcntl
 import json
 import re
 import secrets
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -27,6 +28,7 @@ STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
 INTERRUPTED = ("the worker stopped while this job ran (killed or crashed); configurations it finished are cached; "
                "submit it again to compute the rest")
+KEEP_FINISHED = 200  # finished jobs' records kept; older ones are removed when a worker starts
 _ID = re.compile(r"\d{8}-\d{6}-\d{6}-[0-9a-f]{4}")
 
 
@@ -75,6 +77,7 @@ class Job:
 class JobStore:
     def __init__(self, directory: Path | str | None = None):
         self.directory = Path(directory) if directory is not None else settings.jobs_dir()
+        self._held = threading.local()  # how deep this thread is inside _locked()
 
     def __repr__(self) -> str:
         return f"JobStore({str(self.directory)!r})"
@@ -87,13 +90,24 @@ class JobStore:
 
     @contextmanager
     def _locked(self):
-        """Exclusive across processes; the system releases it when its holder dies."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        """Exclusive across processes; the system releases it when its holder dies. Re-entrant within one store
+        (a cancel reads its job under the lock, and reading may reconcile under it): a second flock of the same
+        file from this process would wait for itself."""
+        if getattr(self._held, "depth", 0):
+            self._held.depth += 1
             try:
                 yield
             finally:
+                self._held.depth -= 1
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._held.depth = 1
+            try:
+                yield
+            finally:
+                self._held.depth = 0
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _write(self, job: Job) -> Job:
@@ -112,11 +126,16 @@ class JobStore:
             return None
 
     def _reconciled(self, job: Job) -> Job:
-        """A running job whose worker is gone is interrupted; that record has no other writer left, so no lock."""
+        """A running job whose worker is gone is interrupted. Read again under the lock first: the worker may have
+        written the job's end (and left) since `job` was read, and that end must not be overwritten."""
         if job.state != "running" or process.alive(job.worker):
             return job
-        job.state, job.message, job.finished = "interrupted", INTERRUPTED, now_iso()
-        return self._write(job)
+        with self._locked():
+            current = self._load(self.path(job.id))
+            if current is None or current.state != "running" or current.worker != job.worker:
+                return current or job
+            current.state, current.message, current.finished = "interrupted", INTERRUPTED, now_iso()
+            return self._write(current)
 
     def _ids(self) -> list[str]:
         if not self.directory.is_dir():
@@ -152,6 +171,14 @@ class JobStore:
         """Every readable job, newest first; a damaged record is reported and skipped."""
         loaded = (self._load(self.path(i)) for i in reversed(self._ids()))
         return [self._reconciled(job) for job in loaded if job is not None]
+
+    def prune(self, keep: int = KEEP_FINISHED) -> int:
+        """Remove the records of finished jobs beyond the newest `keep` (listings stay quick); returns how many."""
+        ended = [job for job in self.jobs() if not job.active][keep:]
+        for job in ended:
+            self.path(job.id).unlink(missing_ok=True)
+            self.cancel_path(job.id).unlink(missing_ok=True)
+        return len(ended)
 
     def active(self) -> list[Job]:
         return [job for job in self.jobs() if job.active]

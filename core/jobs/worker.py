@@ -193,6 +193,7 @@ def _serve(store: JobStore, me: dict, idle_exit_s: float, poll_s: float) -> None
     """The loop: claim, run, repeat; before leaving, the heartbeat goes first and the queue is checked once more,
     so a job submitted while the worker decided to leave is run, or finds no live worker and starts one."""
     _beat(store, me)
+    store.prune()
     idle_since = beaten = time.monotonic()
     while True:
         job = store.claim_next(me)

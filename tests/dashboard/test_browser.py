@@ -121,7 +121,7 @@ def test_a_run_goes_on_when_the_page_is_left_and_reloaded(page, server):
     """The run belongs to the worker, not the page: another page shows it in the sidebar, coming back and a
     browser reload find it still running, and its result appears when it ends."""
     with flow(page, server, "quantize-job-survives"):
-        open_quantize(page, server, "resnet32", "2000")
+        open_quantize(page, server, "resnet32", "1000")
         page.get_by_role("button", name="Run", exact=True).click()
         main, sidebar = page.get_by_test_id("stMain"), page.get_by_test_id("stSidebar")
         expect(main.get_by_test_id("stProgress")).to_be_visible(timeout=PAGE_S * 1000)

@@ -1,5 +1,5 @@
-"""The other kinds run in a worker as their commands do: a sensitivity table with its allocation, an export; and a
-spec with a setting its config lacks is refused in words."""
+"""The other kinds run in a worker as their commands do: a sensitivity table with its allocation, an export (both
+submitted from the command line); and a spec with a setting its config lacks is refused in words."""
 import json
 
 import pytest
@@ -17,8 +17,10 @@ def test_sensitivity_and_export_jobs_run_in_a_worker(jobs_dir, tmp_path, monkeyp
                     "--target-bpw", "6", "--no-worker")
     assert submitted.returncode == 0, submitted.stderr
     store = JobStore()
-    export = store.submit("export", {"model": "resnet20-mlxq", "bits": 4, "keep_first": True,
-                                     "out": str(tmp_path / "export")})
+    exported = cli("jobs", "submit", "export", "--model", "resnet20-mlxq", "--q-bits", "4", "--keep-first",
+                   "--out", str(tmp_path / "export"), "--no-worker")
+    assert exported.returncode == 0, exported.stderr
+    export = store.get(exported.stdout.strip())
     worker = cli("jobs", "worker", "--idle-exit", "1")
     assert worker.returncode == 0, worker.stderr
     table = store.get(submitted.stdout.strip())
