@@ -19,8 +19,8 @@ from core.deploy.ids import load_deployed, parse_model_id
 from core.eval import quality
 from core.eval.bench_rows import BenchRow, best_of
 from core.eval.frontier.section import SECTIONS as FRONTIER_SECTIONS
-from core.eval.eval_speed_bench import eval_command_speed, ppl_eval_speed, resnet_eval_speed
-from core.eval.scale_bench import scale_out
+from core.eval.eval_speed_bench import eval_command_speed, ppl_eval_speed, ppl_kl_speed, resnet_eval_speed
+from core.eval.scale_bench import scale_out, scale_out_lm
 from core.eval.speed import bench_generation
 from core.eval.llamacpp_peer import llama_perplexity
 from core.models import resnet
@@ -223,8 +223,9 @@ def serving() -> list[BenchRow]:
     return [BenchRow(*row) for row in serving_speed(rounds, bandwidth=_bandwidth())]
 
 
-SECTIONS = {"resnet": resnet_eval_speed, "eval-command": eval_command_speed, "ppl": ppl_eval_speed, "decode": decode_speed, "llama-cpp": llama_cpp_peer,
+SECTIONS = {"resnet": resnet_eval_speed, "eval-command": eval_command_speed, "ppl": ppl_eval_speed, "ppl-kl": ppl_kl_speed, "decode": decode_speed, "llama-cpp": llama_cpp_peer,
             "full-eval": full_eval_speed, "decode-ceiling": decode_ceiling, "serving": serving, "scale-out": scale_out,
+            "scale-out-lm": scale_out_lm,
             **FRONTIER_SECTIONS}
 
 
@@ -249,7 +250,7 @@ def run_bench(sections: list[str], out_dir: Path, command: str, quick: bool = Fa
             rows += fn(limit=1000)
         elif quick and name == "ppl":
             rows += fn(chunks=2)
-        elif name == "scale-out":
+        elif name.startswith("scale-out"):
             rows += fn(quick=quick)
         elif name in FRONTIER_SECTIONS:
             rows += fn(chunks=2 if quick else chunks, journal=out_dir / f"{stem}-{name}.jsonl", compare=compare,

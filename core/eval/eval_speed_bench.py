@@ -101,3 +101,30 @@ def ppl_eval_speed(chunks: int = 8, trials: int = 1) -> list[BenchRow]:
                      f"{len(windows)} chunks of 512"),
             BenchRow("ppl-eval", "smollm2 fp32", "project perplexity path", n / t_fast, "tokens/s",
                      f"{len(windows)} chunks of 512; {t_plain / t_fast:.2f}x")]
+
+
+def ppl_kl_speed(chunks: int = 8, trials: int = 1) -> list[BenchRow]:
+    """Perplexity with KL against the full-precision reference (what every quantized language-model evaluation
+    computes): the reference's pass ordered before the model's, against the order the lazy graph picks, same
+    chunks and models, alternating."""
+    from core.eval.config import EvalConfig
+    from core.quant.recipe import quantize
+
+    info = resolve("smollm2-135m-instruct")
+    reference, tokenizer = load_baseline(info)
+    model = dequantize_model(quantize(EvalConfig(info.name, bits=4).validated()).model)
+    tokens = quality.wikitext_tokens(info.name, tokenizer)
+    windows = quality.chunk_windows(tokens, 512, None)[data.spread_indices(len(tokens) // 512, chunks)]
+    times = {True: [], False: []}
+    quality.token_scores(model, windows[:2], reference)  # warm-up
+    for _ in range(trials):
+        for ordered in (False, True):
+            t, _ = best_of(lambda: quality.token_scores(model, windows, reference, ordered=ordered), 1,
+                           warmup=lambda: None)
+            times[ordered].append(t)
+    n, interleaved, ordered = windows.size, min(times[False]), min(times[True])
+    note = f"{len(windows)} chunks of 512, int4 g64 model against the float32 reference"
+    return [BenchRow("ppl-kl", "smollm2 int4 g64 + fp32 reference", "passes in the lazy graph's order", n / interleaved,
+                     "tokens/s", note),
+            BenchRow("ppl-kl", "smollm2 int4 g64 + fp32 reference", "reference pass first (mx.depends)", n / ordered,
+                     "tokens/s", f"{note}; {interleaved / ordered:.2f}x")]

@@ -100,10 +100,12 @@ def scored_logprobs(model: nn.Module, batch: mx.array, first: int) -> mx.array:
 
 
 def token_scores(model: nn.Module, windows: np.ndarray, reference: nn.Module | None = None,
-                 batch_size: int | None = None, progress: Progress | None = None) -> dict[str, np.ndarray]:
+                 batch_size: int | None = None, progress: Progress | None = None,
+                 ordered: bool = True) -> dict[str, np.ndarray]:
     """Per scored token, [n_windows, ctx - ctx // 2 - 1] float32 arrays: `loss` (negative log-likelihood of the
     target), and with `reference` also `kl` (KL(reference || model)) and `reference_loss`. Batches of windows run on
-    one CPU stream per core (core.eval.parallel)."""
+    one CPU stream per core (core.eval.parallel). `ordered=False` leaves the two passes' order to the lazy graph
+    (the bench's ppl-kl section measures both)."""
     n_chunks, ctx = windows.shape
     first = ctx // 2
     batch_size = batch_size or (2 if runtime.backend() == "cpu" else 8)  # CPU: 2 per stream measured fastest
@@ -111,13 +113,17 @@ def token_scores(model: nn.Module, windows: np.ndarray, reference: nn.Module | N
     def score(rows: np.ndarray) -> tuple[mx.array, ...]:
         batch = mx.array(rows)
         targets = batch[:, first + 1:, None]
-        logp = scored_logprobs(model, batch, first)
-        nll = -mx.take_along_axis(logp, targets, axis=-1).squeeze(-1)
         if reference is None:
-            return (nll,)
+            logp = scored_logprobs(model, batch, first)
+            return (-mx.take_along_axis(logp, targets, axis=-1).squeeze(-1),)
         ref_logp = scored_logprobs(reference, batch, first)
+        # The model's pass starts once the reference's is done: left to itself, the lazy graph interleaves the two
+        # forward passes, and with both models' activations alive at once a CPU ran the pair far slower than one
+        # after the other (the bench's ppl-kl section measures it).
+        logp = scored_logprobs(model, mx.depends(batch, ref_logp) if ordered else batch, first)
         kl = (mx.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1)
-        return nll, kl, -mx.take_along_axis(ref_logp, targets, axis=-1).squeeze(-1)
+        return (-mx.take_along_axis(logp, targets, axis=-1).squeeze(-1), kl,
+                -mx.take_along_axis(ref_logp, targets, axis=-1).squeeze(-1))
 
     batches = [windows[start:start + batch_size] for start in range(0, n_chunks, batch_size)]
     scored = list(map_batches(score, batches, progress=progress, message="scoring chunks"))
