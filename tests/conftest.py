@@ -1,6 +1,5 @@
 """Shared test set-up: the data mirror (../shared unless MLXQ_MIRROR says otherwise) and a private result cache."""
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -81,9 +80,9 @@ def smollm2(smollm2_dir):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from core.dist.launch import free_ports
+
+    return free_ports(1)
 
 
 @contextmanager

@@ -47,14 +47,12 @@ def _waited(job: Job) -> float:
     return (datetime.now(timezone.utc) - datetime.fromisoformat(job.created)).total_seconds()
 
 
-def waiting_before(job: Job) -> int:
-    """Jobs the worker takes before `job` (it runs one at a time, oldest first)."""
-    return sum(1 for other in store().active() if other.id < job.id)
-
-
-def job_line(job: Job) -> str:
+def job_line(job: Job, active: list[Job] | None = None) -> str:
+    """The job's title and state; a queued one says how many jobs the worker takes first (it runs one at a time,
+    oldest first), counted in `active` when the caller has already read the records."""
     line = f"{job.title}: {STATE_NOTES[job.state]}"
-    if job.state == "queued" and (ahead := waiting_before(job)):
+    if job.state == "queued" and (ahead := sum(other.id < job.id for other in
+                                               (store().active() if active is None else active))):
         line += f" ({ahead} ahead)"
     elif job.state == "running" and job.message:
         line += f" — {job.message}"
@@ -78,7 +76,7 @@ def jobs_panel() -> None:
     if not active:
         st.caption("No run in progress. Runs go to a worker process: leave the page or reload, they go on.")
     for job in active:
-        st.progress(job.progress, text=job_line(job))
+        st.progress(job.progress, text=job_line(job, active))
         st.button("Cancel", key=f"jobs_cancel_{job.id}", on_click=cancel, args=(job.id,),
                   help="Stops the run at its next step; what it finished stays cached.")
     for job in ended:

@@ -6,7 +6,6 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import fields
 from pathlib import Path
 
 from core import runtime, settings
@@ -63,7 +62,7 @@ def cmd_sweep(args) -> int:
     for row in outcome.rows:
         print(json.dumps(row) if args.json else result_text(EvalResult.from_dict(row)))
     out = Path(args.out) if args.out else default_csv(args.model)
-    written = write_csv(outcome.rows, out, [f.name for f in fields(EvalResult) if f.name != "predictions"])
+    written = write_csv(outcome.rows, out, EvalResult.public_fields())
     print(f"{len(configs)} configurations over {ranks.size} rank(s): computed {len(outcome.computed)}, "
           f"from the cache {len(outcome.cached)}", file=sys.stderr)
     print(f"wrote {written}", file=sys.stderr if args.json else sys.stdout)

@@ -96,6 +96,11 @@ class EvalResult:
         return out
 
     @classmethod
+    def public_fields(cls) -> list[str]:
+        """The names `public()` gives, in order: a sweep CSV's columns."""
+        return [f.name for f in fields(cls) if f.name != "predictions"]
+
+    @classmethod
     def from_dict(cls, d: dict) -> "EvalResult":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})

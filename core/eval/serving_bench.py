@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.dist.launch import free_ports
 from core.errors import LabError
 
 PROMPTS = ("Tell me about the sea.", "Describe a city at night.", "Explain how bread is made.",
@@ -47,18 +47,12 @@ class Round:
         return self.tokens / self.wall_s
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running_server(command: list[str], log: Path, ready_path: str = "/health", timeout_s: float = 300):
     """A server process on a free loopback port until the block ends; yields its URL."""
     import httpx
 
-    port = _free_port()
+    port = free_ports(1)
     with open(log, "w") as out:
         proc = subprocess.Popen([*command, "--port", str(port)], stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"

@@ -99,7 +99,7 @@ def run(spec: dict, progress) -> dict:
     outcome = run_sweep(configs, use_cache=bool(spec.get("use_cache", True)), progress=progress,
                         say=lambda text: None)
     path = write_csv(outcome.rows, Path(spec.get("out") or default_csv(spec["models"])),
-                     [f.name for f in fields(EvalResult) if f.name != "predictions"])
+                     EvalResult.public_fields())
     return {"rows": outcome.rows, "csv": str(path), "computed": len(outcome.computed), "cached": len(outcome.cached),
             "ranks": 1}
 
