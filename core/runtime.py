@@ -11,10 +11,10 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from core import blas, settings
+from core import settings
+from core.blas import loaded as loaded_blas, probe as blas_probe
 from core.errors import LabError
 
-OPENBLAS_PRELOAD = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
 
 
 def backend() -> str:
@@ -65,22 +65,22 @@ def default_dtype() -> str:
     return resolve_dtype(chosen, settings.DTYPE)
 
 
-def openblas_active() -> bool | None:
-    """On Linux, whether MLX's BLAS calls reach OpenBLAS (the preload worked): OpenBLAS's own symbols are in the
-    process's global scope. NumPy's bundled OpenBLAS does not count: it is loaded privately, under other symbol
-    names, and MLX never calls it. None elsewhere."""
+def fast_blas_active() -> bool | None:
+    """On Linux, whether MLX's BLAS calls reach a tuned library (OpenBLAS or BLIS, preloaded; core.blas.loaded).
+    None elsewhere."""
     if sys.platform != "linux":
         return None
-    return _openblas() is not None
+    return loaded_blas.library() is not None
 
 
 def cpu_blas_warning() -> str | None:
     """A loud message when MLX computes on the Linux CPU with the wheel's slow reference BLAS."""
-    if backend() == "cpu" and openblas_active() is False:
+    if backend() == "cpu" and fast_blas_active() is False:
         return (
-            "MLX is running on the Linux CPU without OpenBLAS: matrix products are about 20x slower. "
-            f"Install Debian's libopenblas0-pthread and start with LD_PRELOAD={OPENBLAS_PRELOAD} "
-            "(the ./lab launcher does both)."
+            "MLX is running on the Linux CPU with its bundled reference BLAS: matrix products are about 20x slower. "
+            "Install Debian's libopenblas0-pthread (or libblis4-pthread) and preload it, e.g. "
+            f"LD_PRELOAD={blas_probe.OPENBLAS} (the ./lab launcher does both, with the library measured fastest "
+            "here)."
         )
     return None
 
@@ -105,14 +105,14 @@ def describe() -> dict:
     return {
         "backend": backend(),
         # where the CPU computes, the processor (a CUDA build's device_info names its GPU even then)
-        "device": (backend() == "cpu" and blas.cpu_identity()[0]) or str(info.get("device_name") or mx.default_device()),
-        "openblas": openblas_active() if backend() == "cpu" else None,  # only matters where the CPU computes
+        "device": (backend() == "cpu" and blas_probe.cpu_identity()[0]) or str(info.get("device_name") or mx.default_device()),
+        "fast_blas": fast_blas_active() if backend() == "cpu" else None,  # only matters where the CPU computes
         "mlx": mx.__version__,
         "mlx_lm": _version("mlx-lm"),
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
         "cpu_count": usable_cpus(),
-        "cpu": blas.cpu_identity()[0] or platform.processor() or None,
+        "cpu": blas_probe.cpu_identity()[0] or platform.processor() or None,
         "threads_per_core": threads_per_core(),
         "blas_kernel": blas_kernel() if backend() == "cpu" else None,
         "large_buffers_on_heap": allocator_tuned(),
@@ -120,11 +120,14 @@ def describe() -> dict:
 
 
 def blas_kernel() -> str | None:
-    """The OpenBLAS kernel computing here, and whether it was chosen for this CPU (core.blas) or by OpenBLAS."""
-    kernel = blas.loaded_kernel()
-    if kernel is None:
+    """The BLAS library and kernel computing here, and who picked the kernel: 'OpenBLAS Zen (own pick)',
+    'OpenBLAS SkylakeX (OPENBLAS_CORETYPE)', 'BLIS skx (its own pick)'; None for the reference BLAS."""
+    which, kernel = loaded_blas.library(), loaded_blas.kernel()
+    if which is None:
         return None
-    return f"{kernel} ({'OPENBLAS_CORETYPE' if os.environ.get('OPENBLAS_CORETYPE') else 'OpenBLAS own pick'})"
+    if which == "OpenBLAS":
+        return f"OpenBLAS {kernel} ({'OPENBLAS_CORETYPE' if os.environ.get('OPENBLAS_CORETYPE') else 'own pick'})"
+    return f"{which} {kernel} (its own pick)"
 
 
 def usable_cpus() -> int:
@@ -224,37 +227,33 @@ class glibc_default_allocator:
         return False
 
 
-def _openblas():
-    try:
-        import ctypes
-        lib = ctypes.CDLL(None)  # the preloaded OpenBLAS exports its symbols process-wide
-        return lib if hasattr(lib, "openblas_set_num_threads") else None
-    except (OSError, AttributeError):
-        return None
-
-
 def set_blas_threads(n: int) -> None:
-    """OpenBLAS's thread count from now on (no-op without OpenBLAS): a process given fewer cores than the machine
-    has keeps BLAS to those."""
-    lib = _openblas()
-    if lib is not None:
-        lib.openblas_set_num_threads(n)
+    """The BLAS thread count from now on (no-op without a tuned BLAS): a process given fewer cores than the
+    machine has keeps BLAS to those."""
+    loaded_blas.set_threads(n)
+
+
+def default_blas_threads() -> None:
+    """BLIS runs one thread unless told otherwise: give it the usable cores, unless the environment chose
+    (BLIS_NUM_THREADS or OMP_NUM_THREADS). OpenBLAS already starts with every core. Called when `core` is imported."""
+    if loaded_blas.library() == "BLIS" and not (os.environ.get("BLIS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")):
+        loaded_blas.set_threads(usable_cpus())
 
 
 class blas_threads:
-    """Context manager: OpenBLAS's thread count for the block (no-op without OpenBLAS). One thread per call is
+    """Context manager: the BLAS thread count for the block (no-op without a tuned BLAS). One thread per call is
     right when several MLX CPU streams call BLAS at once, each on its own core."""
 
     def __init__(self, n: int):
-        self.n, self.lib, self.before = n, _openblas(), None
+        self.n, self.before = n, None
 
     def __enter__(self):
-        if self.lib is not None:
-            self.before = self.lib.openblas_get_num_threads()
-            self.lib.openblas_set_num_threads(self.n)
+        self.before = loaded_blas.threads()
+        if self.before is not None:
+            loaded_blas.set_threads(self.n)
         return self
 
     def __exit__(self, *exc):
-        if self.lib is not None and self.before:
-            self.lib.openblas_set_num_threads(self.before)
+        if self.before is not None:
+            loaded_blas.set_threads(max(1, self.before))
         return False

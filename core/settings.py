@@ -14,6 +14,7 @@ Each is read when asked for, not at import, so a test or a launcher can set it a
 | MLXQ_API_KEY | bearer key the API server requires | none: no key |
 | MLXQ_DTYPE | compute dtype of deployed models: `float32`, `bfloat16` or `float16` (`--dtype` wins) | float32 on a CPU, bfloat16 on Metal and CUDA |
 | MLXQ_DEVICE | `cpu` computes on the CPU where a GPU exists too (read once, when `core` is imported) | MLX's default device |
+| MLXQ_BLAS | the BLAS `./lab` preloads on Linux: `openblas` or `blis` (read by `python -m core blas --preload`) | the one measured fastest here |
 """
 from __future__ import annotations
 
@@ -81,3 +82,11 @@ DEVICE = "MLXQ_DEVICE"
 def device() -> str | None:
     """The device the user asked for (checked by core.runtime.use_device_setting), or None."""
     return os.environ.get(DEVICE) or None
+
+
+BLAS = "MLXQ_BLAS"
+
+
+def blas() -> str | None:
+    """The BLAS library the user asked `./lab` to preload, lower-cased (checked by core.blas.choice), or None."""
+    return (os.environ.get(BLAS) or "").strip().lower() or None

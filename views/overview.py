@@ -22,7 +22,8 @@ cols = st.columns(4)
 cols[0].metric("Backend", env["backend"].upper())
 cols[1].metric("Device", env["device"])
 cols[2].metric("MLX", env["mlx"])
-cols[3].metric("OpenBLAS", {True: "active", False: "missing", None: "n/a"}[env["openblas"]])
+cols[3].metric("CPU BLAS", {True: (env["blas_kernel"] or "active").split(" (")[0], False: "reference (slow)",
+                            None: "n/a"}[env["fast_blas"]])
 
 st.subheader("Models and data")
 table(pd.DataFrame(status["models"]), {"model": Column("model"), "kind": Column("kind"),

@@ -9,8 +9,8 @@ from views._ui import mb, memory_monitor
 st.title("System")
 env = runtime.describe()
 st.caption(f"MLX {env['mlx']} on {env['backend'].upper()} ({env['device']}), {env['platform']}, "
-           f"{env['cpu_count']} CPUs" + (f", OpenBLAS {'active' if env['openblas'] else 'MISSING'}"
-                                         if env["openblas"] is not None else ""))
+           f"{env['cpu_count']} CPUs" + (f", BLAS {env['blas_kernel'] or 'reference (slow): MISSING a tuned one'}"
+                                         if env["fast_blas"] is not None else ""))
 monitor = memory_monitor()
 
 

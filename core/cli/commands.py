@@ -106,13 +106,15 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_blas(args) -> int:
-    from core import blas
+    from core.blas import choice
 
-    made = blas.choice(fresh=args.fresh)
-    if args.coretype:
-        print(made.chosen if made else "")
+    made = choice.choice(fresh=args.fresh)
+    if args.preload:
+        picked = choice.for_launcher(made)
+        print(f"{picked[0]} {picked[1] or '-'}" if picked else "")
     else:
-        print(made.summary() if made else "No OpenBLAS library here to choose a kernel in (Linux only).")
+        print(made.summary() if made else "No tuned BLAS to choose here (Linux with Debian's libopenblas0-pthread "
+                                          "or libblis4-pthread).")
     return 0
 
 

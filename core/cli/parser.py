@@ -156,8 +156,9 @@ def _other_commands(sub) -> None:
     p.set_defaults(func=commands.cmd_demo)
     p = sub.add_parser("prepare", help="fetch and convert the offline SmolLM2 model into cache/")
     p.set_defaults(func=commands.cmd_prepare)
-    p = sub.add_parser("blas", help="the OpenBLAS kernel measured fastest on this CPU (Linux; cached)")
-    p.add_argument("--coretype", action="store_true", help="print only the OPENBLAS_CORETYPE to export ('' to keep)")
+    p = sub.add_parser("blas", help="the BLAS library and kernel measured fastest on this CPU (Linux; cached)")
+    p.add_argument("--preload", action="store_true",
+                   help="print only what ./lab uses: the library to preload and the OPENBLAS_CORETYPE ('-' for none)")
     p.add_argument("--fresh", action="store_true", help="measure again instead of reading the cached choice")
     p.set_defaults(func=commands.cmd_blas)
 
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     from core import runtime
     from core.errors import LabError
 
-    runtime.warn_if_slow_blas()
+    if args.func is not commands.cmd_blas:  # `blas` runs before any preload: it chooses the library
+        runtime.warn_if_slow_blas()
     try:
         return args.func(args)
     except LabError as error:

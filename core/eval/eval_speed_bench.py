@@ -11,6 +11,7 @@ import mlx.core as mx
 import numpy as np
 
 from core import data, runtime
+from core.blas import probe as blas_probe
 from core.deploy.ids import load_deployed
 from core.eval import quality
 from core.eval.bench_rows import BenchRow, best_of
@@ -58,24 +59,54 @@ EVAL_COMMAND = ("eval", "--model", "resnet20", "--q-bits", "4", "--q-group-size"
                 "--json")
 
 
-def eval_command_speed(limit: int | None = None) -> list[BenchRow]:
-    """The whole `python -m core eval` process for resnet20 int4 g32 (start-up, quantization, the full-precision
-    reference and the quantized evaluation, no cache) against one plain evaluation pass of the float32 model
-    (its own forward, batches of 500, glibc's default allocator) in the same run."""
+def plain_pass_seconds(limit: int | None = None) -> float:
+    """One plain evaluation pass of the float32 ResNet-20 over the test set (its own forward, batches of 500,
+    glibc's default allocator), in seconds."""
     images, labels = data.load_cifar10("test")
     x = resnet.preprocess(images[data.stratified_indices(labels, limit)])
     model, _ = load_baseline(resolve("resnet20"))
     with runtime.glibc_default_allocator():
         t_plain, _ = best_of(lambda: quality.classify_batches(model, x), 1, warmup=lambda: mx.eval(model(x[:500])))
+    return t_plain
+
+
+def _plain_with_openblas_own_pick(limit: int | None) -> float | None:
+    """The plain pass in a child process on Debian's OpenBLAS with the kernel it picks itself: what plain MLX gets
+    here from the usual preload. None where that is what this process runs already, or there is no OpenBLAS."""
+    own = runtime.blas_kernel() or ""
+    if not os.path.exists(blas_probe.OPENBLAS) or (own.startswith("OpenBLAS") and own.endswith("(own pick)")):
+        return None
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "BLIS_NUM_THREADS")}
+    env["LD_PRELOAD"] = blas_probe.OPENBLAS
+    code = f"from core.eval.eval_speed_bench import plain_pass_seconds as p; print(p({limit!r}))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def eval_command_speed(limit: int | None = None) -> list[BenchRow]:
+    """The whole `python -m core eval` process for resnet20 int4 g32 (start-up, quantization, the full-precision
+    reference and the quantized evaluation, no cache) against one plain evaluation pass of the float32 model
+    (its own forward, batches of 500, glibc's default allocator) in the same run, on the same BLAS; and, where the
+    lab chose another BLAS or kernel, against the plain pass on OpenBLAS's own pick too."""
+    n = len(data.stratified_indices(data.load_cifar10("test")[1], limit))
+    t_plain = plain_pass_seconds(limit)
+    t_stock = _plain_with_openblas_own_pick(limit)
     command = [sys.executable, "-m", "core", *EVAL_COMMAND, *(["--limit", str(limit)] if limit else [])]
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, env=os.environ)
     t_command = time.perf_counter() - start
     shown = "python -m core " + " ".join(command[3:])
-    return [BenchRow("resnet-eval", "resnet20 fp32 plain pass", "plain: the model's forward, batches of 500",
-                     t_plain, "s", f"{len(x)} images, one pass, glibc default allocator"),
-            BenchRow("resnet-eval", "resnet20 q4g32 whole eval command", shown, t_command, "s",
-                     f"whole process, full-precision reference included; {t_plain / t_command:.2f}x the plain pass")]
+    blas = runtime.blas_kernel() or "MLX's bundled reference BLAS"
+    rows = [BenchRow("resnet-eval", "resnet20 fp32 plain pass", "plain: the model's forward, batches of 500",
+                     t_plain, "s", f"{n} images, one pass, glibc default allocator, {blas}")]
+    versus = f"{t_plain / t_command:.2f}x the plain pass on the same BLAS"
+    if t_stock is not None:
+        rows.append(BenchRow("resnet-eval", "resnet20 fp32 plain pass", "plain, on OpenBLAS with its own kernel pick",
+                             t_stock, "s", f"{n} images, one pass, glibc default allocator, a child process"))
+        versus += f"; {t_stock / t_command:.2f}x the plain pass on OpenBLAS's own pick"
+    rows.append(BenchRow("resnet-eval", "resnet20 q4g32 whole eval command", shown, t_command, "s",
+                         f"whole process, full-precision reference included, {blas}; {versus}"))
+    return rows
 
 
 def ppl_eval_speed(chunks: int = 8, trials: int = 1) -> list[BenchRow]:

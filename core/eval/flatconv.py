@@ -2,13 +2,15 @@
 
 On the Linux CPU, MLX's conv2d builds an im2col matrix with a strided copy that is slow on the CPU, so the 16-channel
 layers spend most of their time copying, not multiplying. Here the activations of a whole batch live as one
-matrix of padded pixels, [rows, channels], rows = (batch + 2) images of (H+2) x (W+2) pixels, the zero padding ring
-included, plus one all-zero image at each end. Tap (i, j) of a 3x3, stride-1 convolution then reads the same
-matrix shifted by a constant number of rows, a contiguous slice that BLAS takes without a copy, so the
-convolution is nine GEMMs accumulated with `mx.addmm`. The outputs in the padding ring are garbage and are
-zeroed by a mask; each convolution's output is 2 x (W+3) rows shorter than its input (the taps reach that far),
-which the zero images at both ends absorb. The stride-2 convolutions (two per network) run through mx.conv2d on
-the padded images.
+matrix of pixels, [rows, channels]: each image is H+1 rows of W+1 pixels, its real pixels plus one zero column on
+the right and one zero row at the bottom, images back to back, with one all-zero image at each end. In a
+row-major layout one zero column serves both sides (the pixel left of column 0 is the previous row's zero column)
+and one zero row serves two neighbouring images, so the padding costs fewer rows than a full ring. Tap (i, j) of a
+3x3, stride-1 convolution then reads the same matrix shifted by a constant number of rows, a contiguous slice that
+BLAS takes without a copy, so the convolution is nine GEMMs accumulated with `mx.addmm`. The outputs in the
+padding are garbage and are zeroed by a mask; each convolution's output is 2 x (W+2) rows shorter than its input
+(the taps reach that far), which the zero images at both ends absorb. The stride-2 convolutions (two per network)
+run through mx.conv2d on the images.
 
 BatchNorm is folded into the kernels. The result equals the module forward to float32 rounding
 (tests/eval/test_flatconv.py); core.eval.pipeline uses it for the de-quantized evaluation path on the CPU.
@@ -29,8 +31,8 @@ FLAT_BATCH = 200  # images per call: larger batches fall out of the CPU caches (
 
 @dataclass
 class _Folded:
-    """A 3x3 convolution with its BatchNorm folded in: OHWI kernel, per-channel bias, stride, and for stride 1
-    the nine [in, out] tap matrices, tap (i, j) at index 3 i + j."""
+    """A 3x3 convolution with its BatchNorm folded in: OHWI kernel, per-channel bias, stride, and the nine
+    [in, out] tap matrices, tap (i, j) at index 3 i + j."""
     weight: mx.array
     bias: mx.array
     stride: int
@@ -44,7 +46,7 @@ def _fold(conv, bn) -> _Folded | None:
         return None
     weight, bias = folded_batchnorm(conv, bn)
     stride = int(np.atleast_1d(conv.stride)[0])
-    taps = [mx.contiguous(weight[:, i, j, :].T) for i in range(3) for j in range(3)] if stride == 1 else []
+    taps = [mx.contiguous(weight[:, i, j, :].T) for i in range(3) for j in range(3)]
     return _Folded(weight, bias, stride, taps)
 
 
@@ -101,47 +103,75 @@ class FlatResNet:
                 inner = self._conv(rows, first, batch)
                 inner.data = nn.relu(inner.data)
             else:
-                images = self._images(rows, batch)
-                inner = self._to_rows(nn.relu(mx.conv2d(images, first.weight, stride=first.stride) + first.bias))
-                p = shortcut_pad
-                shortcut = self._to_rows(mx.pad(images[:, 1:-1:2, 1:-1:2, :], [(0, 0), (0, 0), (0, 0), (p, p)]))
+                phases = self._phases(self._interior(rows, batch))
+                inner = self._conv_stride2(phases, first, batch)
+                inner.data = nn.relu(inner.data)
+                even, p = phases[0], shortcut_pad  # the even rows and columns: the shortcut's pixels
+                shortcut = _Rows(mx.pad(even.data, [(0, 0), (p, p)]), even.start, even.height, even.width)
             out = self._conv(inner, second, batch)
             offset = out.start - shortcut.start
             out.data = nn.relu(out.data + shortcut.data[offset: offset + out.data.shape[0]])
             rows = out
-        pooled = self._images(rows, batch)[:, 1:-1, 1:-1, :].mean(axis=(1, 2))
-        return self.head(pooled)
+        return self.head(self._interior(rows, batch).mean(axis=(1, 2)))
 
     @staticmethod
     def _to_rows(x: mx.array) -> _Rows:
         _, h, w, c = x.shape
-        padded = mx.pad(x, [(1, 1), (1, 1), (1, 1), (0, 0)])  # a zero image at each end, a zero ring around each
+        padded = mx.pad(x, [(1, 1), (0, 1), (0, 1), (0, 0)])  # a zero image at each end, a zero row and column
         return _Rows(padded.reshape(-1, c), 0, h, w)
 
     @staticmethod
-    def _images(rows: _Rows, batch: int) -> mx.array:
-        """The real images, [batch, H+2, W+2, C] with their zero rings."""
-        per_image = (rows.height + 2) * (rows.width + 2)
+    def _interior(rows: _Rows, batch: int) -> mx.array:
+        """The real images, [batch, H, W, C]."""
+        h, w = rows.height, rows.width
+        per_image = (h + 1) * (w + 1)
         first = per_image - rows.start
-        return rows.data[first: first + batch * per_image].reshape(batch, rows.height + 2, rows.width + 2, -1)
+        images = rows.data[first: first + batch * per_image].reshape(batch, h + 1, w + 1, -1)
+        return images[:, :h, :w, :]
 
     def _room_for_two(self, rows: _Rows, batch: int) -> _Rows:
         """Fresh end images when two more convolutions would eat into the real ones (deep stages)."""
-        per_image, reach = (rows.height + 2) * (rows.width + 2), rows.width + 3
+        per_image, reach = (rows.height + 1) * (rows.width + 1), rows.width + 2
         if rows.start + 2 * reach <= per_image:
             return rows
-        return self._to_rows(self._images(rows, batch)[:, 1:-1, 1:-1, :])
+        return self._to_rows(self._interior(rows, batch))
 
-    def _ring_mask(self, batch: int, height: int, width: int) -> mx.array:
+    def _pad_mask(self, batch: int, height: int, width: int) -> mx.array:
         key = (batch, height, width)
         if key not in self._masks:
-            mask = np.zeros((batch + 2, height + 2, width + 2, 1), np.float32)
-            mask[1:-1, 1:-1, 1:-1] = 1.0
+            mask = np.zeros((batch + 2, height + 1, width + 1, 1), np.float32)
+            mask[1:-1, :height, :width] = 1.0
             self._masks[key] = mx.array(mask.reshape(-1, 1))
         return self._masks[key]
 
+    def _phases(self, images: mx.array) -> list[_Rows]:
+        """The four stride-2 phases of the images (rows even/odd x columns even/odd), each laid out as rows. An odd
+        height or width gets a zero row or column first: the convolution's own padding there."""
+        _, h, w, _ = images.shape
+        if h % 2 or w % 2:
+            images = mx.pad(images, [(0, 0), (0, h % 2), (0, w % 2), (0, 0)])
+        return [self._to_rows(images[:, a::2, b::2, :]) for a in (0, 1) for b in (0, 1)]
+
+    def _conv_stride2(self, phases: list[_Rows], conv: _Folded, batch: int) -> _Rows:
+        """A 3x3, stride-2 convolution as nine GEMMs over the input's phases: output (y, x) reads input rows
+        2y-1, 2y, 2y+1, i.e. odd-phase row y-1, even-phase row y, odd-phase row y (and the same for columns), so
+        every tap is a phase shifted by 0 or -1 pixel, a contiguous slice again."""
+        first = phases[0]
+        pitch = first.width + 1
+        reach = pitch + 1
+        n = first.data.shape[0] - 2 * reach
+        out = None
+        for tap, weight in enumerate(conv.taps):
+            i, j = divmod(tap, 3)
+            phase = phases[2 * (i != 1) + (j != 1)]
+            shift = reach - (i == 0) * pitch - (j == 0)
+            part = phase.data[shift: shift + n]
+            out = part @ weight if out is None else mx.addmm(out, part, weight)
+        mask = self._pad_mask(batch, first.height, first.width)[reach: reach + n]
+        return _Rows((out + conv.bias) * mask, first.start + reach, first.height, first.width)
+
     def _conv(self, rows: _Rows, conv: _Folded, batch: int) -> _Rows:
-        pitch = rows.width + 2
+        pitch = rows.width + 1
         reach = pitch + 1  # the farthest tap, in rows
         n = rows.data.shape[0] - 2 * reach
         out = None
@@ -151,6 +181,6 @@ class FlatResNet:
             part = rows.data[shift: shift + n]
             out = part @ weight if out is None else mx.addmm(out, part, weight)
         start = rows.start + reach
-        mask = self._ring_mask(batch, rows.height, rows.width)[start: start + n]
+        mask = self._pad_mask(batch, rows.height, rows.width)[start: start + n]
         return _Rows((out + conv.bias) * mask, start, rows.height, rows.width)
 

@@ -35,6 +35,15 @@ def test_flat_path_gives_the_module_forward_logits(name, bits, n):
     assert (got.argmax(1) == expected.argmax(1)).all()
 
 
+@pytest.mark.parametrize("size", [30, 27])
+def test_odd_sizes_at_the_stride_2_convolutions(size):
+    """30 -> 15 -> 8 and 27 -> 14 -> 7: a stride-2 convolution of an odd size pads its phases with zeros."""
+    model = resnet.build("resnet20")
+    mx.eval(model.parameters())
+    x = mx.random.normal((3, size, size, 3), key=mx.random.key(size))
+    np.testing.assert_allclose(np.array(FlatResNet(model)(x)), np.array(model(x)), rtol=1e-4, atol=2e-4)
+
+
 def test_models_it_cannot_run_are_refused_not_misrun():
     model = resnet.build("resnet20")
     assert FlatResNet.try_build(model) is not None

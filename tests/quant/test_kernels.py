@@ -71,10 +71,10 @@ def test_only_enough_float32_rows_take_the_dense_path():
 
 def test_the_crossover_is_measured_once_per_format_and_enabled_and_disabled():
     crossover = measured_crossover(4, 64, "affine")
-    # On a CPU with OpenBLAS, MLX's packed kernel costs about as much per row as de-quantizing the whole weight:
+    # On a CPU with a tuned BLAS, MLX's packed kernel costs about as much per row as de-quantizing the whole weight:
     # the dense path wins from a handful of rows. (On Metal/CUDA the measurement returns None; with MLX's bundled
     # reference BLAS the dense path may never win.)
-    if mx.default_device() == mx.cpu and runtime.openblas_active():
+    if mx.default_device() == mx.cpu and runtime.fast_blas_active():
         assert crossover in CANDIDATE_ROWS
     assert measured_crossover(4, 64, "affine") is crossover  # cached: measured once per process
     model = use_measured_kernels(quantized_lm(QuantSpec(4, 64)))

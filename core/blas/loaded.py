@@ -1,0 +1,60 @@
+"""The BLAS this process computes with: what the preload put in the global symbol scope, its kernel, its threads.
+
+MLX calls cblas_sgemm by name, so what counts is the library whose symbols the process resolves globally; NumPy's
+bundled OpenBLAS is loaded privately under other names and never counts."""
+from __future__ import annotations
+
+import ctypes
+import sys
+
+
+def _scope():
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+def library() -> str | None:
+    """'OpenBLAS' or 'BLIS' where MLX's products reach one; None for the wheel's reference BLAS or off Linux."""
+    scope = _scope()
+    if scope is None:
+        return None
+    if hasattr(scope, "openblas_get_corename"):
+        return "OpenBLAS"
+    if hasattr(scope, "bli_arch_query_id"):
+        return "BLIS"
+    return None
+
+
+def kernel() -> str | None:
+    """OpenBLAS's kernel or BLIS's sub-configuration computing here (None without either)."""
+    scope, which = _scope(), library()
+    if which == "OpenBLAS":
+        scope.openblas_get_corename.restype = ctypes.c_char_p
+        return scope.openblas_get_corename().decode()
+    if which == "BLIS":
+        scope.bli_arch_string.restype = ctypes.c_char_p
+        return scope.bli_arch_string(scope.bli_arch_query_id()).decode()
+    return None
+
+
+def threads() -> int | None:
+    scope, which = _scope(), library()
+    if which == "OpenBLAS":
+        return int(scope.openblas_get_num_threads())
+    if which == "BLIS":
+        scope.bli_thread_get_num_threads.restype = ctypes.c_int64
+        return int(scope.bli_thread_get_num_threads())
+    return None
+
+
+def set_threads(n: int) -> None:
+    """Threads per BLAS call from now on, for every thread of the process (no-op without a tuned BLAS)."""
+    scope, which = _scope(), library()
+    if which == "OpenBLAS":
+        scope.openblas_set_num_threads(int(n))
+    elif which == "BLIS":
+        scope.bli_thread_set_num_threads(ctypes.c_int64(int(n)))
