@@ -52,8 +52,10 @@ class Choice:
             return "No tuned BLAS installed (Debian's libopenblas0-pthread or libblis4-pthread)."
         best = self.best()
         others = ", ".join(f"{e.label} {e.score:.2f}" for e in sorted(self.entries, key=lambda e: e.score))
-        return (f"{best.label} for {self.cpu or 'this CPU'} (time relative to {self.entries[0].label}, "
-                f"OpenBLAS's own pick, geometric mean over {len(probe.SHAPES)} products on one thread: {others})")
+        base = self.entries[0]
+        own = ", OpenBLAS's own pick" if base.library == "OpenBLAS" and not base.coretype else ""
+        return (f"{best.label} for {self.cpu or 'this CPU'} (time relative to {base.label}{own}, geometric mean "
+                f"over {len(probe.SHAPES)} products on one thread: {others})")
 
 
 def measure(openblas: str = probe.OPENBLAS, blis: str = probe.BLIS) -> Choice:

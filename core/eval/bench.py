@@ -19,6 +19,7 @@ from core.deploy.ids import load_deployed, parse_model_id
 from core.eval import quality
 from core.eval.bench_rows import BenchRow, best_of
 from core.eval.frontier.section import SECTIONS as FRONTIER_SECTIONS
+from core.eval.blas_bench import blas_eval_speed
 from core.eval.eval_speed_bench import eval_command_speed, ppl_eval_speed, ppl_kl_speed, resnet_eval_speed
 from core.eval.scale_bench import scale_out, scale_out_lm
 from core.eval.speed import bench_generation
@@ -223,7 +224,7 @@ def serving() -> list[BenchRow]:
     return [BenchRow(*row) for row in serving_speed(rounds, bandwidth=_bandwidth())]
 
 
-SECTIONS = {"resnet": resnet_eval_speed, "eval-command": eval_command_speed, "ppl": ppl_eval_speed, "ppl-kl": ppl_kl_speed, "decode": decode_speed, "llama-cpp": llama_cpp_peer,
+SECTIONS = {"resnet": resnet_eval_speed, "eval-command": eval_command_speed, "blas-eval": blas_eval_speed, "ppl": ppl_eval_speed, "ppl-kl": ppl_kl_speed, "decode": decode_speed, "llama-cpp": llama_cpp_peer,
             "full-eval": full_eval_speed, "decode-ceiling": decode_ceiling, "serving": serving, "scale-out": scale_out,
             "scale-out-lm": scale_out_lm,
             **FRONTIER_SECTIONS}
@@ -246,7 +247,7 @@ def run_bench(sections: list[str], out_dir: Path, command: str, quick: bool = Fa
     for name in sections:
         print(f"bench: {name}", file=sys.stderr, flush=True)
         fn = SECTIONS[name]
-        if quick and name in ("resnet", "eval-command"):
+        if quick and name in ("resnet", "eval-command", "blas-eval"):
             rows += fn(limit=1000)
         elif quick and name == "ppl":
             rows += fn(chunks=2)
