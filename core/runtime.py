@@ -16,7 +16,6 @@ from core.blas import loaded as loaded_blas, probe as blas_probe
 from core.errors import LabError
 
 
-
 def backend() -> str:
     """'metal', 'cuda' or 'cpu': where MLX's default device computes."""
     if mx.default_device() == mx.cpu:
