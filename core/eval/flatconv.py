@@ -156,31 +156,24 @@ class FlatResNet:
         """A 3x3, stride-2 convolution as nine GEMMs over the input's phases: output (y, x) reads input rows
         2y-1, 2y, 2y+1, i.e. odd-phase row y-1, even-phase row y, odd-phase row y (and the same for columns), so
         every tap is a phase shifted by 0 or -1 pixel, a contiguous slice again."""
-        first = phases[0]
-        pitch = first.width + 1
-        reach = pitch + 1
-        n = first.data.shape[0] - 2 * reach
-        out = None
-        for tap, weight in enumerate(conv.taps):
-            i, j = divmod(tap, 3)
-            phase = phases[2 * (i != 1) + (j != 1)]
-            shift = reach - (i == 0) * pitch - (j == 0)
-            part = phase.data[shift: shift + n]
-            out = part @ weight if out is None else mx.addmm(out, part, weight)
-        mask = self._pad_mask(batch, first.height, first.width)[reach: reach + n]
-        return _Rows((out + conv.bias) * mask, first.start + reach, first.height, first.width)
+        pitch = phases[0].width + 1
+        return self._nine_products(phases[0], conv, batch,
+                                   lambda i, j: (phases[2 * (i != 1) + (j != 1)].data, -(i == 0) * pitch - (j == 0)))
 
     def _conv(self, rows: _Rows, conv: _Folded, batch: int) -> _Rows:
         pitch = rows.width + 1
-        reach = pitch + 1  # the farthest tap, in rows
-        n = rows.data.shape[0] - 2 * reach
-        out = None
-        for tap, weight in enumerate(conv.taps):
-            i, j = divmod(tap, 3)
-            shift = reach + (i - 1) * pitch + (j - 1)
-            part = rows.data[shift: shift + n]
-            out = part @ weight if out is None else mx.addmm(out, part, weight)
-        start = rows.start + reach
-        mask = self._pad_mask(batch, rows.height, rows.width)[start: start + n]
-        return _Rows((out + conv.bias) * mask, start, rows.height, rows.width)
+        return self._nine_products(rows, conv, batch, lambda i, j: (rows.data, (i - 1) * pitch + (j - 1)))
 
+    def _nine_products(self, layout: _Rows, conv: _Folded, batch: int, tap) -> _Rows:
+        """The convolution's output rows: tap(i, j) gives the matrix tap (i, j) reads and its shift in rows from
+        the output row; `layout` is the input's (its start, size and image shape)."""
+        reach = layout.width + 2  # the farthest tap, in rows
+        n = layout.data.shape[0] - 2 * reach
+        out = None
+        for index, weight in enumerate(conv.taps):
+            data, shift = tap(*divmod(index, 3))
+            part = data[reach + shift: reach + shift + n]
+            out = part @ weight if out is None else mx.addmm(out, part, weight)
+        start = layout.start + reach
+        mask = self._pad_mask(batch, layout.height, layout.width)[start: start + n]
+        return _Rows((out + conv.bias) * mask, start, layout.height, layout.width)
