@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from functools import lru_cache
 
 
+@lru_cache(maxsize=1)
 def _scope():
+    """The process's global symbol scope (fixed once the preload is in: it happens before Python starts)."""
     if sys.platform != "linux":
         return None
     try:
@@ -17,28 +20,33 @@ def _scope():
         return None
 
 
+def identify(lib) -> tuple[str, str] | None:
+    """(library, kernel) of a loaded ctypes library or scope: ('OpenBLAS', its kernel) or ('BLIS', its
+    sub-configuration); None for anything else. core.blas.probe's child processes load this file to use it too."""
+    if hasattr(lib, "openblas_get_corename"):
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        return "OpenBLAS", lib.openblas_get_corename().decode()
+    if hasattr(lib, "bli_arch_query_id"):
+        lib.bli_arch_string.restype = ctypes.c_char_p
+        return "BLIS", lib.bli_arch_string(lib.bli_arch_query_id()).decode()
+    return None
+
+
+def _here() -> tuple[str, str] | None:
+    scope = _scope()
+    return identify(scope) if scope is not None else None
+
+
 def library() -> str | None:
     """'OpenBLAS' or 'BLIS' where MLX's products reach one; None for the wheel's reference BLAS or off Linux."""
-    scope = _scope()
-    if scope is None:
-        return None
-    if hasattr(scope, "openblas_get_corename"):
-        return "OpenBLAS"
-    if hasattr(scope, "bli_arch_query_id"):
-        return "BLIS"
-    return None
+    found = _here()
+    return found[0] if found else None
 
 
 def kernel() -> str | None:
     """OpenBLAS's kernel or BLIS's sub-configuration computing here (None without either)."""
-    scope, which = _scope(), library()
-    if which == "OpenBLAS":
-        scope.openblas_get_corename.restype = ctypes.c_char_p
-        return scope.openblas_get_corename().decode()
-    if which == "BLIS":
-        scope.bli_arch_string.restype = ctypes.c_char_p
-        return scope.bli_arch_string(scope.bli_arch_query_id()).decode()
-    return None
+    found = _here()
+    return found[1] if found else None
 
 
 def threads() -> int | None:

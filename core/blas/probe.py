@@ -25,6 +25,7 @@ KERNELS = {"Haswell": {"avx2", "fma"}, "Zen": {"avx2", "fma"},
 SHAPES = ((1024, 1024, 1024, 0.0), (2048, 576, 1536, 0.0), (1, 576, 1536, 0.0), (1, 1536, 576, 0.0),
           (60000, 16, 16, 1.0), (16000, 32, 32, 1.0), (4000, 64, 64, 1.0))
 MIN_SECONDS = 0.05  # each shape is repeated until this much time has passed (at least three times)
+_LOADED = str(Path(__file__).with_name("loaded.py"))
 
 
 @dataclass(frozen=True)
@@ -62,18 +63,14 @@ def candidates(flags: set[str], openblas: str = OPENBLAS, blis: str = BLIS) -> l
     return found
 
 
+# The child loads core/blas/loaded.py by its path, not `core` (whose import starts MLX on its bundled BLAS).
 _CHILD = """
-import ctypes, json, sys, time
+import ctypes, importlib.util, json, sys, time
 import numpy as np
+spec = importlib.util.spec_from_file_location("blas_loaded", sys.argv[4])
+loaded = importlib.util.module_from_spec(spec); spec.loader.exec_module(loaded)
 lib = ctypes.CDLL(sys.argv[1])
-if hasattr(lib, "openblas_get_corename"):
-    lib.openblas_get_corename.restype = ctypes.c_char_p
-    kernel = lib.openblas_get_corename().decode()
-elif hasattr(lib, "bli_arch_query_id"):
-    lib.bli_arch_string.restype = ctypes.c_char_p
-    kernel = lib.bli_arch_string(lib.bli_arch_query_id()).decode()
-else:
-    kernel = "unknown"
+kernel = (loaded.identify(lib) or ("", "unknown"))[1]
 rng, ok, seconds = np.random.default_rng(0), True, []
 ptr = lambda x: x.ctypes.data_as(ctypes.c_void_p)
 for m, k, n, beta in json.loads(sys.argv[2]):
@@ -99,8 +96,8 @@ def time_candidate(candidate: Candidate, timeout_s: float = 120) -> tuple[str, l
         env["OPENBLAS_CORETYPE"] = candidate.coretype
     shapes = json.dumps([list(s) for s in SHAPES])
     try:
-        out = subprocess.run([sys.executable, "-c", _CHILD, candidate.path, shapes, str(MIN_SECONDS)], env=env,
-                             capture_output=True, text=True, timeout=timeout_s)
+        out = subprocess.run([sys.executable, "-c", _CHILD, candidate.path, shapes, str(MIN_SECONDS), _LOADED],
+                             env=env, capture_output=True, text=True, timeout=timeout_s)
         result = json.loads(out.stdout.strip().splitlines()[-1])
     except (subprocess.TimeoutExpired, ValueError, IndexError):
         return None
