@@ -68,6 +68,17 @@ def test_the_launcher_follows_the_settings(monkeypatch, capsys):
     assert choice.for_launcher(Choice("cpu")) is None
 
 
+def test_a_candidate_is_preloaded_for_a_child_as_the_launcher_would(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "7")
+    blis = Entry("BLIS", "/x/libblis.so.4", "", "zen3", 0.6)
+    openblas = Entry("OpenBLAS", "/x/libblas.so.3", "SkylakeX", "SkylakeX", 0.5)
+    env = choice.preload_env(blis, 3)
+    assert env["LD_PRELOAD"] == "/x/libblis.so.4" and env["BLIS_NUM_THREADS"] == "3"
+    assert "OPENBLAS_CORETYPE" not in env and "OPENBLAS_NUM_THREADS" not in env
+    env = choice.preload_env(openblas, 3)
+    assert env["OPENBLAS_CORETYPE"] == "SkylakeX" and "BLIS_NUM_THREADS" not in env
+
+
 @needs_openblas
 def test_a_candidate_is_timed_and_checked_in_a_child_process():
     kernel, seconds = probe.time_candidate(probe.Candidate("OpenBLAS", probe.OPENBLAS))

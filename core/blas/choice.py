@@ -103,6 +103,19 @@ def choice(fresh: bool = False, openblas: str = probe.OPENBLAS, blis: str = prob
 
 
 LIBRARIES = {"openblas": "OpenBLAS", "blis": "BLIS"}
+PRELOAD_ENV = ("LD_PRELOAD", "OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+def preload_env(entry: Entry, threads: int) -> dict[str, str]:
+    """This process's environment with `entry`'s library preloaded as ./lab does it (its kernel; BLIS given
+    `threads`), for a child process."""
+    env = {k: v for k, v in os.environ.items() if k not in PRELOAD_ENV}
+    env["LD_PRELOAD"] = entry.path
+    if entry.coretype:
+        env["OPENBLAS_CORETYPE"] = entry.coretype
+    if entry.library == "BLIS":
+        env["BLIS_NUM_THREADS"] = str(threads)
+    return env
 
 
 def for_launcher(made: Choice | None) -> tuple[str, str] | None:
@@ -114,9 +127,9 @@ def for_launcher(made: Choice | None) -> tuple[str, str] | None:
         print(f"lab: {settings.BLAS}={forced!r} is not one of {', '.join(LIBRARIES)}; using the measured choice",
               file=sys.stderr)
         forced = None
-    if os.environ.get("OPENBLAS_CORETYPE"):  # the user's kernel: OpenBLAS, and theirs
+    users_kernel = bool(os.environ.get("OPENBLAS_CORETYPE"))
+    if users_kernel:  # OpenBLAS, with the user's kernel
         forced = "openblas"
-    library = LIBRARIES.get(forced or "")
-    entry = made.best(library) or made.best()
-    coretype = "" if os.environ.get("OPENBLAS_CORETYPE") or entry.library != "OpenBLAS" else entry.coretype
+    entry = made.best(LIBRARIES.get(forced or "")) or made.best()
+    coretype = "" if users_kernel or entry.library != "OpenBLAS" else entry.coretype
     return entry.path, coretype

@@ -11,7 +11,7 @@ import mlx.core as mx
 import numpy as np
 
 from core import data, runtime
-from core.blas import probe as blas_probe
+from core.blas import choice as blas_choice, loaded as loaded_blas
 from core.deploy.ids import load_deployed
 from core.eval import quality
 from core.eval.bench_rows import BenchRow, best_of
@@ -59,28 +59,34 @@ EVAL_COMMAND = ("eval", "--model", "resnet20", "--q-bits", "4", "--q-group-size"
                 "--json")
 
 
-def plain_pass_seconds(limit: int | None = None) -> float:
-    """One plain evaluation pass of the float32 ResNet-20 over the test set (its own forward, batches of 500,
-    glibc's default allocator), in seconds."""
+def plain_pass_seconds(limit: int | None = None) -> tuple[float, int]:
+    """(seconds, images) of one plain evaluation pass of the float32 ResNet-20 over the test set (its own forward,
+    batches of 500, glibc's default allocator)."""
     images, labels = data.load_cifar10("test")
     x = resnet.preprocess(images[data.stratified_indices(labels, limit)])
     model, _ = load_baseline(resolve("resnet20"))
     with runtime.glibc_default_allocator():
         t_plain, _ = best_of(lambda: quality.classify_batches(model, x), 1, warmup=lambda: mx.eval(model(x[:500])))
-    return t_plain
+    return t_plain, len(x)
+
+
+def plain_pass_in_child(env: dict[str, str], limit: int | None = None) -> float:
+    """plain_pass_seconds in a child process with `env` (another BLAS preloaded: core.blas.choice.preload_env)."""
+    code = f"from core.eval.eval_speed_bench import plain_pass_seconds as p; print(p({limit!r})[0])"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def _plain_with_openblas_own_pick(limit: int | None) -> float | None:
     """The plain pass in a child process on Debian's OpenBLAS with the kernel it picks itself: what plain MLX gets
     here from the usual preload. None where that is what this process runs already, or there is no OpenBLAS."""
-    own = runtime.blas_kernel() or ""
-    if not os.path.exists(blas_probe.OPENBLAS) or (own.startswith("OpenBLAS") and own.endswith("(own pick)")):
+    if loaded_blas.library() == "OpenBLAS" and not os.environ.get("OPENBLAS_CORETYPE"):
         return None
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "BLIS_NUM_THREADS")}
-    env["LD_PRELOAD"] = blas_probe.OPENBLAS
-    code = f"from core.eval.eval_speed_bench import plain_pass_seconds as p; print(p({limit!r}))"
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
-    return float(out.stdout.strip().splitlines()[-1])
+    made = blas_choice.choice()
+    own = made.entries[0] if made and made.entries else None
+    if own is None or own.library != "OpenBLAS" or own.coretype:
+        return None
+    return plain_pass_in_child(blas_choice.preload_env(own, runtime.usable_cpus()), limit)
 
 
 def eval_command_speed(limit: int | None = None) -> list[BenchRow]:
@@ -88,8 +94,7 @@ def eval_command_speed(limit: int | None = None) -> list[BenchRow]:
     reference and the quantized evaluation, no cache) against one plain evaluation pass of the float32 model
     (its own forward, batches of 500, glibc's default allocator) in the same run, on the same BLAS; and, where the
     lab chose another BLAS or kernel, against the plain pass on OpenBLAS's own pick too."""
-    n = len(data.stratified_indices(data.load_cifar10("test")[1], limit))
-    t_plain = plain_pass_seconds(limit)
+    t_plain, n = plain_pass_seconds(limit)
     t_stock = _plain_with_openblas_own_pick(limit)
     command = [sys.executable, "-m", "core", *EVAL_COMMAND, *(["--limit", str(limit)] if limit else [])]
     start = time.perf_counter()

@@ -6,17 +6,7 @@ import pytest
 
 from conftest import needs_mirror
 from core.blas import choice, probe
-from core.eval.blas_bench import blas_eval_speed, candidate_env
-
-
-def test_a_candidate_is_preloaded_as_the_launcher_would():
-    blis = choice.Entry("BLIS", "/x/libblis.so.4", "", "zen3", 0.6)
-    openblas = choice.Entry("OpenBLAS", "/x/libblas.so.3", "SkylakeX", "SkylakeX", 0.5)
-    env = candidate_env(blis)
-    assert env["LD_PRELOAD"] == "/x/libblis.so.4" and int(env["BLIS_NUM_THREADS"]) >= 1
-    assert "OPENBLAS_CORETYPE" not in env
-    env = candidate_env(openblas)
-    assert env["OPENBLAS_CORETYPE"] == "SkylakeX" and "BLIS_NUM_THREADS" not in env
+from core.eval.blas_bench import blas_eval_speed
 
 
 @needs_mirror
