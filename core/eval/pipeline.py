@@ -13,15 +13,16 @@ from core import data, runtime
 from core.errors import LabError
 from core.dist import collect
 from core.dist.group import SINGLE, Ranks
-from core.eval import quality
+from core.eval import blockwise, quality
 from core.eval.config import EvalConfig, EvalResult, cache_key, result_cache
 from core.eval.flatconv import FlatResNet
 from core.eval.speed import bench_classifier, bench_generation
 from core.models import resnet
+from core.models.lm import Chain
 from core.models.registry import ModelInfo, lm_path, resolve
-from core.quant.baseline import load_baseline
-from core.quant.layers import bits_per_weight, dequantize_model, size_bytes
-from core.quant.precision import computing_in
+from core.quant.baseline import LazyBaseline
+from core.quant.layers import dequantize_model
+from core.quant.precision import computing_in, deployed_size
 from core.quant.recipe import quantize
 
 CIFAR10_TEST_IMAGES = 10_000  # the size of CIFAR-10's test split, by the dataset's definition
@@ -57,8 +58,8 @@ def run_eval(config: EvalConfig, use_cache: bool = True, progress: quality.Progr
     step = progress or (lambda fraction, message: None)
     q = quantize(cfg, progress=lambda f, m: step(0.1 * f, m), loading_share=0.5)
     info, model, tokenizer, report = q.info, q.model, q.tokenizer, q.report
-    with computing_in(model, cfg.dtype):  # the size as deployed
-        row = dict(size_bytes=size_bytes(model), bits_per_weight=bits_per_weight(model))
+    size, bpw = deployed_size(model, cfg.dtype)  # from shapes: a model not read yet stays unread
+    row = dict(size_bytes=size, bits_per_weight=bpw)
     row.update(layers_quantized=len(report.quantized), layers_kept=report.kept, layers_padded=report.padded,
                layer_bits=report.layer_bits, distillation=[asdict(p) for p in report.distillation])
     row["ranks"] = ranks.size
@@ -172,15 +173,16 @@ def _eval_lm(cfg, info, model, tokenizer, eval_path, row, step, ranks) -> EvalRe
         with computing_in(model, cfg.dtype):
             speed = _benchmark_alone(ranks, lambda: bench_generation(model, prompt, cfg.bench_decode,
                                                                      progress=_benchmark_progress(step)))
-    if eval_path == "dequant":
-        dequantize_model(model)
-    reference = None
-    if not cfg.spec.full_precision:
-        reference, _ = load_baseline(info)
+    # One piece of one model in memory at a time: the full-precision reference is read from the checkpoint piece
+    # by piece, the quantized model's pieces de-quantized one at a time on the CPU (core.eval.blockwise).
+    baseline = LazyBaseline(info)
+    pieces = baseline if cfg.spec.full_precision else blockwise.ModelPieces(model, eval_path == "dequant")
+    reference = None if cfg.spec.full_precision else baseline
     _enough_items(len(windows), ranks)
     share = collect.part(len(windows), ranks)
     step(0.2, f"scoring {share.stop - share.start} chunks" + _of_ranks(len(windows), ranks))
-    scores = quality.token_scores(model, windows[share], reference, progress=lambda f, m: step(0.2 + 0.8 * f, m))
+    scores = blockwise.token_scores(Chain(model), pieces, windows[share], reference,
+                                    progress=lambda f, m: step(0.2 + 0.8 * f, m))
     ppl = quality.summarize({name: _assembled(part, share, len(windows), ranks, row)
                              for name, part in scores.items()})
     subset = "" if len(chosen) == len(tokens) // cfg.ctx else f", {len(chosen)} of {len(tokens) // cfg.ctx} chunks evenly spread"

@@ -20,23 +20,41 @@ from core.quant.spec import QuantSpec
 GRID = 20  # scale ratios (and clipping ratios) tried per search, as mlx-lm
 
 
+def awq_config(model: nn.Module):
+    """mlx-lm's AWQ description of the model's architecture (which layers share an input, what to fold into)."""
+    from mlx_lm.quant.awq import AWQ_MODEL_CONFIGS
+
+    config = AWQ_MODEL_CONFIGS.get(getattr(model, "model_type", None))
+    inner = getattr(model, "model", None)
+    if config is None or config.lm_key is not None or inner is None or "embed_tokens" not in inner:
+        raise LabError(f"AWQ here supports LLaMA-style mlx-lm models, not {getattr(model, 'model_type', '?')!r}.")
+    return config
+
+
 def awq_lm(model: nn.Module, spec: QuantSpec, tokens: mx.array, progress, grid: int = GRID,
            specs: dict[str, QuantSpec] | None = None) -> None:
     """Scale and clip the model's linear layers in place, block by block; a block whose output error after
     round-to-nearest the search does not lower keeps its weights. `specs` gives layers their own width (mixed
     precision): each layer's scales, clipping and error are then judged at its own width."""
     from mlx_lm.models.base import create_attention_mask
-    from mlx_lm.quant.awq import AWQ_MODEL_CONFIGS, clip_block, mse, run_layer, scale_block
 
-    config = AWQ_MODEL_CONFIGS.get(getattr(model, "model_type", None))
-    inner = getattr(model, "model", None)
-    if config is None or config.lm_key is not None or inner is None or "embed_tokens" not in inner:
-        raise LabError(f"AWQ here supports LLaMA-style mlx-lm models, not {getattr(model, 'model_type', '?')!r}.")
+    config = awq_config(model)
+    x = model.model.embed_tokens(tokens)
+    mask = create_attention_mask(x, None)
+    for b, block in enumerate(model.layers):
+        progress(b / len(model.layers), f"AWQ block {b + 1}/{len(model.layers)}")
+        x = awq_block(block, f"model.layers.{b}.", x, mask, config, spec, specs or {}, grid)
+
+
+def awq_block(block: nn.Module, prefix: str, x: mx.array, mask, config, spec: QuantSpec,
+              specs: dict[str, QuantSpec], grid: int = GRID) -> mx.array:
+    """AWQ one block in place, on its inputs `x`; returns its float outputs (the next block's inputs)."""
+    from mlx_lm.quant.awq import clip_block, mse, run_layer, scale_block
 
     def fake_quantize(w: mx.array) -> mx.array:
         return dequantize_matrix(*quantize_matrix(w, spec), spec, w.dtype)
 
-    def block_error(block, x, mask, reference, rounding) -> float:
+    def block_error(reference, rounding) -> float:
         saved = _weights(block)
         for path, layer in tree_flatten(block.leaf_modules(), is_leaf=nn.Module.is_module):
             if isinstance(layer, nn.Linear):
@@ -45,31 +63,27 @@ def awq_lm(model: nn.Module, spec: QuantSpec, tokens: mx.array, progress, grid: 
         block.update(saved)
         return error
 
-    x = inner.embed_tokens(tokens)
-    mask = create_attention_mask(x, None)
-    for b, block in enumerate(model.layers):
-        progress(b / len(model.layers), f"AWQ block {b + 1}/{len(model.layers)}")
-        leaves = block.leaf_modules()
-        block.update_modules(_capturing(leaves))
-        reference = run_layer(block, x, mask=mask)  # float outputs; the layers keep their inputs in .input_feat
-        block.update_modules(leaves)
-        rounding = _rounding(block, f"model.layers.{b}.", spec, specs or {})
-        before = block_error(block, x, mask, reference, rounding)
-        original = _weights(block)
-        if specs:
-            _scale_mixed(block, config, rounding, {"mask": mask}, grid)
-            _clip_mixed(block, config.no_clip, rounding, spec, specs, f"model.layers.{b}.", grid)
-        else:
-            scale_block(block=block, configs=config.scale_configs, quantize_func=fake_quantize,
-                        layer_kwargs={"mask": mask}, n_grid=grid)
-            clip_block(block=block, no_clip_keys=config.no_clip, quantize_func=fake_quantize,
-                       group_size=spec.group_size, n_grid=grid)
-        _forget_inputs(block)
-        after = block_error(block, x, mask, reference, rounding)
-        if after > before:  # the search made this block worse: keep its original weights
-            block.update(original)
-        x = reference
-        mx.eval(block.parameters())
+    leaves = block.leaf_modules()
+    block.update_modules(_capturing(leaves))
+    reference = run_layer(block, x, mask=mask)  # float outputs; the layers keep their inputs in .input_feat
+    block.update_modules(leaves)
+    rounding = _rounding(block, prefix, spec, specs)
+    before = block_error(reference, rounding)
+    original = _weights(block)
+    if specs:
+        _scale_mixed(block, config, rounding, {"mask": mask}, grid)
+        _clip_mixed(block, config.no_clip, rounding, spec, specs, prefix, grid)
+    else:
+        scale_block(block=block, configs=config.scale_configs, quantize_func=fake_quantize,
+                    layer_kwargs={"mask": mask}, n_grid=grid)
+        clip_block(block=block, no_clip_keys=config.no_clip, quantize_func=fake_quantize,
+                   group_size=spec.group_size, n_grid=grid)
+    _forget_inputs(block)
+    after = block_error(reference, rounding)
+    if after > before:  # the search made this block worse: keep its original weights
+        block.update(original)
+    mx.eval(block.parameters())
+    return reference
 
 
 def _rounding(block: nn.Module, prefix: str, spec: QuantSpec, specs: dict[str, QuantSpec]) -> dict:

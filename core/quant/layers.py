@@ -117,14 +117,16 @@ def _set_quantized(module: nn.Module, weight: mx.array, spec: QuantSpec, packed=
 
 
 def quantize_model(model: nn.Module, spec: QuantSpec, keep: set[str] = frozenset(),
-                   specs: dict[str, QuantSpec] | None = None, packed: dict[str, tuple] | None = None) -> QuantReport:
+                   specs: dict[str, QuantSpec] | None = None, packed: dict[str, tuple] | None = None,
+                   within: str | None = None) -> QuantReport:
     """Replace the model's Linear, Embedding and Conv2d layers by quantized ones, in place.
 
     `keep` lists layer paths to leave in full precision. `specs` gives some layers another spec than `spec`
     (mixed precision; a full-precision spec keeps the layer). `packed` gives some layers their packed
     (weight, scales, biases) already, as calibrated methods choose them (GPTQ); the rest are rounded to nearest.
     Linear and Embedding layers whose input width does not divide by the group size stay in full precision and
-    are reported; convolutions are zero-padded."""
+    are reported; convolutions are zero-padded. With `within` (a path), only the layers under it are converted
+    (a model quantized one piece at a time, core.quant.streamed)."""
     spec = spec.validated()
     specs = {path: s.validated() for path, s in (specs or {}).items()}
     packed = packed or {}
@@ -133,7 +135,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec, keep: set[str] = frozenset
         return report
 
     def convert(path: str, module: nn.Module) -> nn.Module:
-        if not isinstance(module, WEIGHT_LAYERS):
+        if not isinstance(module, WEIGHT_LAYERS) or (within and path != within and not path.startswith(within + ".")):
             return module
         layer_spec = specs.get(path, spec)
         if path in keep or layer_spec.full_precision:
@@ -164,29 +166,41 @@ def spec_of(module: nn.Module) -> QuantSpec:
     return QuantSpec(module.bits, module.group_size, module.mode)
 
 
+def dequantized_layer(m: nn.Module, dtype=mx.float32) -> nn.Module:
+    """A float layer holding exactly the de-quantized weights of quantized layer `m`; any other module as it is."""
+    if isinstance(m, QuantizedConv2d):
+        return m.to_float(dtype)
+    if not isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+        return m
+    w = dequantize_matrix(m.weight, m.scales, m.get("biases"), spec_of(m), dtype)
+    if isinstance(m, nn.QuantizedEmbedding):
+        f = nn.Embedding(*w.shape)
+    else:
+        f = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
+        if "bias" in m:
+            f.bias = m.bias.astype(dtype)
+    f.weight = w
+    return f
+
+
 def dequantize_model(model: nn.Module, dtype=mx.float32) -> nn.Module:
     """Replace every quantized layer by a float layer holding exactly the de-quantized weights, in place.
 
     Quality numbers computed this way equal the quantized kernels' (tests/quant/test_quantize.py checks it) and
     run at full BLAS speed on the Linux CPU, where MLX's quantized matmuls have no BLAS path."""
-    def convert(_path: str, m: nn.Module) -> nn.Module:
-        if isinstance(m, QuantizedConv2d):
-            return m.to_float(dtype)
-        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
-            w = dequantize_matrix(m.weight, m.scales, m.get("biases"), spec_of(m), dtype)
-            if isinstance(m, nn.QuantizedEmbedding):
-                f = nn.Embedding(*w.shape)
-            else:
-                f = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
-                if "bias" in m:
-                    f.bias = m.bias.astype(dtype)
-            f.weight = w
-            return f
-        return m
-
-    model.update_modules(tree_map_with_path(convert, model.leaf_modules(), is_leaf=nn.Module.is_module))
+    model.update_modules(tree_map_with_path(lambda _p, m: dequantized_layer(m, dtype), model.leaf_modules(),
+                                            is_leaf=nn.Module.is_module))
     mx.eval(model.parameters())
     return model
+
+
+def float_copy(module: nn.Module, dtype=mx.float32) -> nn.Module:
+    """`module` (a layer or a container of layers) with every quantized layer de-quantized and every float array
+    cast to `dtype`, evaluated; a container is changed in place, a quantized leaf is replaced by a new layer."""
+    module = dequantized_layer(module, dtype) if not module.children() else dequantize_model(module, dtype)
+    module.set_dtype(dtype)
+    mx.eval(module.parameters())
+    return module
 
 
 def size_bytes(model: nn.Module) -> int:

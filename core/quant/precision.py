@@ -57,3 +57,18 @@ def activation_dtype(model: nn.Module) -> mx.Dtype:
         if mx.issubdtype(value.dtype, mx.floating) and not _is_scale(path):
             return value.dtype
     return mx.float32
+
+
+def deployed_size(model: nn.Module, dtype: str) -> tuple[int, float]:
+    """(bytes, bits per weight) the model holds once cast to `dtype` (as `cast_to` would), from shapes alone:
+    nothing is read or cast, so a model whose arrays are not read yet is sized without reading it."""
+    from core.quant.layers import logical_weight_count
+
+    target, scales = DTYPES[dtype], getattr(mx, QuantSpec.scales_for(dtype))
+    total = 0
+    for path, value in tree_flatten(model.parameters()):
+        if mx.issubdtype(value.dtype, mx.floating):
+            total += value.size * (scales if _is_scale(path) else target).size
+        else:
+            total += value.nbytes
+    return total, 8 * total / logical_weight_count(model)
