@@ -256,3 +256,12 @@ class blas_threads:
         if self.before is not None:
             loaded_blas.set_threads(max(1, self.before))
         return False
+
+
+def apply_memory_limit() -> float | None:
+    """Hold MLX to the user's memory limit (settings.memory_limit_gb), if any; returns it in GB. MLX then frees
+    its buffer cache and waits for pending work before it allocates beyond the limit."""
+    limit = settings.memory_limit_gb()
+    if limit:
+        mx.set_memory_limit(int(limit * 1e9))
+    return limit

@@ -14,6 +14,7 @@ Each is read when asked for, not at import, so a test or a launcher can set it a
 | MLXQ_API_KEY | bearer key the API server requires | none: no key |
 | MLXQ_DTYPE | compute dtype of deployed models: `float32`, `bfloat16` or `float16` (`--dtype` wins) | float32 on a CPU, bfloat16 on Metal and CUDA |
 | MLXQ_DEVICE | `cpu` computes on the CPU where a GPU exists too (read once, when `core` is imported) | MLX's default device |
+| MLXQ_MEMORY_LIMIT | GB a run may use: every stage refuses up front when its predicted peak is larger, and MLX is held to it (`--memory-limit` sets it) | none |
 | MLXQ_BLAS | the BLAS `./lab` preloads on Linux: `openblas` or `blis` (read by `python -m core blas --preload`) | the one measured fastest here |
 """
 from __future__ import annotations
@@ -90,3 +91,23 @@ BLAS = "MLXQ_BLAS"
 def blas() -> str | None:
     """The BLAS library the user asked `./lab` to preload, lower-cased (checked by core.blas.choice), or None."""
     return (os.environ.get(BLAS) or "").strip().lower() or None
+
+
+MEMORY_LIMIT = "MLXQ_MEMORY_LIMIT"
+
+
+def memory_limit_gb() -> float | None:
+    """The memory limit in GB the user set, or None; a LabError when it is not a positive number."""
+    from core.errors import LabError
+
+    value = (os.environ.get(MEMORY_LIMIT) or "").strip()
+    if not value:
+        return None
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = float("nan")
+    if not 0 < limit < float("inf"):
+        raise LabError(f"The memory limit must be a positive number of GB (--memory-limit or {MEMORY_LIMIT}), "
+                       f"not {value!r}.")
+    return limit

@@ -133,3 +133,30 @@ def mean_kl(reference, logits) -> float:
     log_p = reference - mx.logsumexp(reference, axis=-1, keepdims=True)
     log_q = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     return float((mx.exp(log_p) * (log_p - log_q)).sum(-1).mean())
+
+
+def smollm2_folder(blocks: int, out: Path) -> Path:
+    """SmolLM2's first `blocks` blocks written as an mlx-lm folder (float32, its tokenizer): a real model that the
+    lab reads piece by piece from disk, as it reads a user's own."""
+    import json
+    import shutil
+
+    from mlx_lm.utils import save_model
+
+    from core.models.gguf import prepare_smollm2
+    from core.settings import cache_root
+
+    source = prepare_smollm2(cache_root())
+    model, _ = truncated_smollm2(blocks)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(out, model)
+    config = json.loads((source / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "num_hidden_layers": blocks}))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(source / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_2blocks(tmp_path_factory):
+    return smollm2_folder(2, tmp_path_factory.mktemp("smollm2-2blocks"))

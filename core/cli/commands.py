@@ -105,6 +105,17 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_make_model(args) -> int:
+    from core.models.gguf import prepare_smollm2
+    from core.models.synthetic import make_random_lm, parameter_count, shape_config
+
+    tokenizer = Path(args.tokenizer) if args.tokenizer else prepare_smollm2(settings.cache_root())
+    out = make_random_lm(args.shape, Path(args.out), tokenizer, seed=args.seed)
+    count = parameter_count(shape_config(args.shape))
+    print(f"{args.shape}: {count / 1e9:.2f} B parameters, random bfloat16 weights, in {out}")
+    return 0
+
+
 def cmd_blas(args) -> int:
     from core.blas import choice
 

@@ -3,15 +3,22 @@ each command is a function in core.cli.commands."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from core import runtime
+from core import runtime, settings
 from core.cli import commands
 from core.cli.flags import add_config_flags
 from core.cli.jobs_parser import _jobs_commands
 from core.options import bits_list, group_sizes_list, names_list, positive_int
 
 EXIT_BAD_INPUT = 2
+
+
+def _memory_flag(p) -> None:
+    p.add_argument("--memory-limit", type=float, default=None, metavar="GB",
+                   help="refuse up front what is predicted to need more memory than this, and hold MLX to it "
+                        "(or set MLXQ_MEMORY_LIMIT)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,6 +36,7 @@ def _run_commands(sub) -> None:
     add_config_flags(p, EvalConfig)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the cache")
+    _memory_flag(p)
     p.set_defaults(func=commands.cmd_eval)
     p = sub.add_parser("sweep", help="every combination of models, methods, bit widths and group sizes, written to "
                        "one CSV; under mlx.launch spread over the ranks")
@@ -42,6 +50,7 @@ def _run_commands(sub) -> None:
     p.add_argument("--summary", default=None, metavar="PATH", help="rank 0 also writes the rows and counts as one "
                    "JSON file here (for programs that start the sweep)")
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the cache")
+    _memory_flag(p)
     p.set_defaults(func=commands.cmd_sweep)
     p = sub.add_parser("export", help="quantize one configuration and write it to a folder (mlx-lm folder for "
                        "language models, safetensors + quantization.json for ResNets) or to a GGUF file")
@@ -58,6 +67,7 @@ def _run_commands(sub) -> None:
                    "them) or a llama.cpp type made by llama.cpp's quantizer from the lab's weights (Q4_K_M, Q6_K ...; "
                    "needs ./lab setup --peers)")
     p.add_argument("--force", action="store_true", help="replace a non-empty folder (or a file) export did not create")
+    _memory_flag(p)
     p.set_defaults(func=commands.cmd_export)
 
 
@@ -87,6 +97,7 @@ def _table_commands(sub) -> None:
     p.add_argument("--target-bpw", type=float, default=None, help="also print the mixed-precision allocation")
     p.add_argument("--json", action="store_true", help="print one JSON object: rows (and the allocation)")
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the cache")
+    _memory_flag(p)
     p.set_defaults(func=commands.cmd_sensitivity)
     p = sub.add_parser("results", help="list or export the cached result rows")
     p.add_argument("--dir", default=None, help="a folder of result rows (default: the cache)")
@@ -113,6 +124,7 @@ def _serving_commands(sub) -> None:
                    help="stop a generation that runs longer than this and answer 408 (default: no deadline)")
     p.add_argument("--allow-special-tokens", action="store_true",
                    help="parse chat-template control tokens in user text (off: typed text always stays text)")
+    _memory_flag(p)
     p.set_defaults(func=commands.cmd_serve)
     p = sub.add_parser("loadtest", help="bounded load test of a running server on this machine")
     p.add_argument("--url", default="http://127.0.0.1:8000")
@@ -127,7 +139,7 @@ def _serving_commands(sub) -> None:
 
 
 def _other_commands(sub) -> None:
-    """bench, train, demo, prepare and blas."""
+    """bench, train, demo, prepare, make-model and blas."""
     p = sub.add_parser("bench", help="performance comparison, written as CSV and markdown under docs/bench/")
     p.add_argument("--sections", default="resnet,eval-command,ppl,decode,llama-cpp", help="comma-separated sections")
     p.add_argument("--out", default="docs/bench", help="output folder")
@@ -156,6 +168,14 @@ def _other_commands(sub) -> None:
     p.set_defaults(func=commands.cmd_demo)
     p = sub.add_parser("prepare", help="fetch and convert the offline SmolLM2 model into cache/")
     p.set_defaults(func=commands.cmd_prepare)
+    p = sub.add_parser("make-model", help="write a random-weight language model of a real shape (speed and memory "
+                       "at real sizes; its perplexity means nothing)")
+    p.add_argument("--shape", required=True, help="llama-3.2-1b, llama-3.2-3b, llama-3.1-8b or tiny")
+    p.add_argument("--out", required=True, help="folder to write (replaced)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", default=None, help="folder with tokenizer.json (default: SmolLM2's, converted "
+                   "by ./lab prepare)")
+    p.set_defaults(func=commands.cmd_make_model)
     p = sub.add_parser("blas", help="the BLAS library and kernel measured fastest on this CPU (Linux; cached)")
     p.add_argument("--preload", action="store_true",
                    help="print only what ./lab uses: the library to preload and the OPENBLAS_CORETYPE ('-' for none)")
@@ -165,12 +185,15 @@ def _other_commands(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from core import runtime
+    from core import runtime, settings
     from core.errors import LabError
 
     if args.func is not commands.cmd_blas:  # `blas` runs before any preload: it chooses the library
         runtime.warn_if_slow_blas()
     try:
+        if getattr(args, "memory_limit", None) is not None:  # every stage and child process reads it from there
+            os.environ[settings.MEMORY_LIMIT] = str(args.memory_limit)
+        runtime.apply_memory_limit()
         return args.func(args)
     except LabError as error:
         print(f"\nerror: {error}" if not getattr(args, "json", False) else f"error: {error}", file=sys.stderr)

@@ -17,9 +17,8 @@ from core import runtime
 from core.eval.parallel import map_batches
 from core.eval.quality import Progress
 from core.models.lm import Chain
+from core.quant.footprint import HEAD_ROWS, window_group
 from core.quant.layers import float_copy, module_at
-
-HIDDEN_BUDGET_BYTES = 256 << 20  # one model's hidden states of a window group
 
 
 class ModelPieces:
@@ -33,10 +32,6 @@ class ModelPieces:
         return float_copy(copy.deepcopy(module)) if self.dequantize else module
 
 
-def group_size(ctx: int, hidden: int, budget: int = HIDDEN_BUDGET_BYTES) -> int:
-    return max(1, budget // (ctx * hidden * 4))
-
-
 def token_scores(chain: Chain, model, windows: np.ndarray, reference=None, batch_size: int | None = None,
                  progress: Progress | None = None) -> dict[str, np.ndarray]:
     """As core.eval.quality.token_scores, for `model` and `reference` given as pieces (`.piece(path)`, read when
@@ -44,7 +39,7 @@ def token_scores(chain: Chain, model, windows: np.ndarray, reference=None, batch
     n, ctx = windows.shape
     first = ctx // 2
     batch_size = batch_size or (2 if runtime.backend() == "cpu" else 8)
-    per_group = group_size(ctx, chain.inner.norm.weight.shape[-1])
+    per_group = window_group(ctx, chain.inner.norm.weight.shape[-1])
     step = progress or (lambda fraction, message: None)
     out: dict[str, list] = {}
     for start in range(0, n, per_group):
@@ -55,7 +50,7 @@ def token_scores(chain: Chain, model, windows: np.ndarray, reference=None, batch
         if reference is not None:
             hidden["reference"] = _final_hidden(chain, reference, rows, first, batch_size,
                                                 lambda f, m: done(0.5 + 0.4 * f, f"reference: {m}"))
-        for name, part in _score(chain, model, reference, hidden, rows[:, first + 1:], batch_size).items():
+        for name, part in _score(chain, model, reference, hidden, rows[:, first + 1:]).items():
             out.setdefault(name, []).append(part)
         done(1.0, "scored")
     return {name: np.concatenate(parts).astype(np.float32) for name, parts in out.items()}
@@ -87,26 +82,30 @@ def _head(pieces, chain: Chain):
     return pieces.piece("model.embed_tokens").as_linear
 
 
-def _score(chain: Chain, model, reference, hidden: dict, targets: np.ndarray, batch_size: int) -> dict:
+def _score(chain: Chain, model, reference, hidden: dict, targets: np.ndarray) -> dict:
+    """Per-token loss (and KL, reference loss) from the final hidden states, HEAD_ROWS positions at a time: the
+    vocabulary-wide arrays of a scoring step stay small whatever the model's size."""
     heads = {"model": _head(model, chain)}
     if reference is not None:
         heads["reference"] = _head(reference, chain)
+    flat = {name: states.reshape(-1, states.shape[-1]) for name, states in hidden.items()}
+    flat_targets = targets.reshape(-1)
 
     def logprobs(name: str, h: mx.array) -> mx.array:
         logits = heads[name](h).astype(mx.float32)
         return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
     def score(i: int):
-        h = {name: states[i:i + batch_size] for name, states in hidden.items()}
-        target = mx.array(targets[i:i + batch_size])[..., None]
-        logp = logprobs("model", h["model"])
+        target = mx.array(flat_targets[i:i + HEAD_ROWS])[:, None]
+        logp = logprobs("model", flat["model"][i:i + HEAD_ROWS])
         loss = -mx.take_along_axis(logp, target, axis=-1).squeeze(-1)
         if reference is None:
             return (loss,)
-        ref_logp = logprobs("reference", h["reference"])
+        ref_logp = logprobs("reference", flat["reference"][i:i + HEAD_ROWS])
         kl = (mx.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1)
         return loss, kl, -mx.take_along_axis(ref_logp, target, axis=-1).squeeze(-1)
 
     names = ("loss",) if reference is None else ("loss", "kl", "reference_loss")
-    scored = list(map_batches(score, range(0, targets.shape[0], batch_size)))
-    return {name: np.concatenate([np.array(parts[k]) for parts in scored]) for k, name in enumerate(names)}
+    scored = list(map_batches(score, range(0, flat_targets.size, HEAD_ROWS)))
+    return {name: np.concatenate([np.array(parts[k]) for parts in scored]).reshape(targets.shape)
+            for k, name in enumerate(names)}

@@ -24,6 +24,11 @@ def cpu_streams() -> list:
     return _streams
 
 
+def parallel_steps() -> int:
+    """How many batches `map_batches` computes at once here."""
+    return len(cpu_streams()) if runtime.backend() == "cpu" else 1
+
+
 def map_batches(fn: Callable[[object], Sequence[mx.array] | mx.array], batches: Iterable,
                 progress: Callable[[float, str], None] | None = None, message: str = "computing") -> Iterator:
     """fn(batch) for every batch, evaluated, in input order; on the CPU, len(cpu_streams()) batches at a time."""

@@ -16,10 +16,12 @@ from core.dist.group import SINGLE, Ranks
 from core.eval import blockwise, quality
 from core.eval.config import EvalConfig, EvalResult, cache_key, result_cache
 from core.eval.flatconv import FlatResNet
+from core.eval.parallel import parallel_steps
 from core.eval.speed import bench_classifier, bench_generation
 from core.models import resnet
 from core.models.lm import Chain
 from core.models.registry import ModelInfo, lm_path, resolve
+from core.quant import footprint
 from core.quant.baseline import LazyBaseline
 from core.quant.layers import dequantize_model
 from core.quant.precision import computing_in, deployed_size
@@ -56,6 +58,8 @@ def run_eval(config: EvalConfig, use_cache: bool = True, progress: quality.Progr
         return replace(EvalResult.from_dict(body), cached=True)
     started = time.perf_counter()
     step = progress or (lambda fraction, message: None)
+    footprint.guard(cfg.model, "evaluate", cfg.spec, cfg.method, calib=cfg.calib or 0, ctx=cfg.ctx,
+                    windows=cfg.limit or 1 << 30, dtype=cfg.dtype, parallel=parallel_steps())
     q = quantize(cfg, progress=lambda f, m: step(0.1 * f, m), loading_share=0.5)
     info, model, tokenizer, report = q.info, q.model, q.tokenizer, q.report
     size, bpw = deployed_size(model, cfg.dtype)  # from shapes: a model not read yet stays unread

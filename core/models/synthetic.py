@@ -24,6 +24,8 @@ SHAPES = {
     "llama-3.1-8b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
                          num_key_value_heads=8, tie_word_embeddings=False),
     # Small enough for tests: the same structure (GQA, tied head) at a fraction of the size.
+    "small": dict(hidden_size=1024, num_hidden_layers=4, intermediate_size=4096, num_attention_heads=16,
+                  num_key_value_heads=4, tie_word_embeddings=True),
     "tiny": dict(hidden_size=256, num_hidden_layers=2, intermediate_size=512, num_attention_heads=4,
                  num_key_value_heads=2, tie_word_embeddings=True),
 }

@@ -1,0 +1,119 @@
+"""The `scale` bench section: the lab at real model sizes, beside mlx-lm on the same model.
+
+A random-weight model of a real shape (core.models.synthetic: Llama-3.2-1B's on a CPU, Llama-3.1-8B's on a GPU)
+is quantized, evaluated and exported by the lab's own commands, each in a child process that reports its peak
+memory (core.eval.measured); mlx-lm quantizes the same folder (`mlx_lm.convert`, and its GPTQ on the lab's
+calibration tokens). Every lab row names its predicted peak (core.quant.footprint) beside the measured one."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from core import runtime, settings
+from core.eval.bench_rows import BenchRow
+from core.eval.measured import parse
+from core.eval.parallel import parallel_steps
+from core.quant import footprint
+from core.quant.spec import QuantSpec
+from core.settings import REPO_ROOT
+
+GB = 1e9
+WINDOWS = {"cpu": 2}  # evaluation windows; 16 elsewhere
+CALIB = 32  # GPTQ's and AWQ's default calibration chunks of 512 tokens (core.quant.calibration)
+
+
+def shape_for_backend() -> str:
+    return "llama-3.2-1b" if runtime.backend() == "cpu" else "llama-3.1-8b"
+
+
+def model_folder(shape: str) -> Path:
+    """The random model of `shape` in the cache, made once (in the child that makes it: bounded memory)."""
+    folder = settings.cache_root() / "scale" / shape
+    if not (folder / "config.json").is_file():
+        _run(["core", "make-model", "--shape", shape, "--out", str(folder)], limit=None)
+    return folder
+
+
+def _run(argv: list[str], limit: float | None, env: dict | None = None) -> tuple[float, dict, str]:
+    """(seconds, peak, stdout) of `python -m core.eval.measured ARGV`; a child past `limit` seconds is stopped."""
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "core.eval.measured", *argv], cwd=REPO_ROOT,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=limit,
+                              env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired:
+        return time.perf_counter() - started, {}, "timeout"
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr[-2000:]}")
+    return seconds, parse(proc.stderr) or {}, proc.stdout
+
+
+def _memory_note(peak: dict, predicted: float | None, bound: float | None) -> str:
+    parts = [f"peak RSS {peak.get('rss_bytes', 0) / GB:.2f} GB", f"MLX peak {peak.get('mlx_bytes', 0) / GB:.2f} GB"]
+    if predicted:
+        measured = peak.get("rss_bytes", 0) if runtime.backend() == "cpu" else peak.get("mlx_bytes", 0)
+        parts.append(f"predicted {predicted / GB:.2f} GB ({100 * (predicted / measured - 1):+.0f} %)")
+    if bound:
+        parts.append(f"goal <= {bound / GB:.2f} GB")
+    return "; ".join(parts)
+
+
+def _lab_rows(folder: Path, shape: footprint.Shape, subject: str, windows: int, limit: float | None) -> list[BenchRow]:
+    spec = QuantSpec(4, 64).validated()
+    quantized = footprint.model_bytes(shape, spec, "float32")
+    bound = quantized + shape.parameters() * 2 / 2 + 2**30  # the goal: quantized + half of bfloat16 + 1 GiB
+    on_cpu, parallel = runtime.backend() == "cpu", parallel_steps()
+    rows = []
+    for method in ("rtn", "gptq", "awq"):
+        args = ["core", "eval", "--model", str(folder), "--q-bits", "4", "--q-group-size", "64", "--method", method,
+                "--limit", str(windows), "--no-bench", "--no-cache", "--json"]
+        stage = {s.stage: s for s in footprint.predict(shape, spec, method, calib=CALIB, windows=windows,
+                                                       parallel=parallel)}
+        seconds, peak, out = _run(args, limit)
+        note = "did not finish in the time limit" if out == "timeout" else _memory_note(
+            peak, stage["evaluate"].peak_bytes, bound if on_cpu else None)
+        rows.append(BenchRow("scale", subject, f"lab eval {method} q4g64 ({windows} windows, perplexity + KL)",
+                             seconds, "s", note))
+    with tempfile.TemporaryDirectory(dir=settings.cache_root()) as tmp:
+        for method in ("rtn", "gptq"):
+            out_dir = Path(tmp) / method
+            args = ["core", "export", "--model", str(folder), "--q-bits", "4", "--q-group-size", "64",
+                    "--method", method, "--out", str(out_dir)]
+            stage = {s.stage: s for s in footprint.predict(shape, spec, method, calib=CALIB, parallel=parallel)}
+            seconds, peak, _ = _run(args, limit)
+            rows.append(BenchRow("scale", subject, f"lab export {method} q4g64", seconds, "s",
+                                 _memory_note(peak, stage["quantize"].peak_bytes, bound if on_cpu else None)))
+            shutil.rmtree(out_dir, ignore_errors=True)
+    return rows
+
+
+def _peer_rows(folder: Path, subject: str, limit: float | None) -> list[BenchRow]:
+    rows = []
+    with tempfile.TemporaryDirectory(dir=settings.cache_root()) as tmp:
+        seconds, peak, _ = _run(["mlx_lm.convert", "--hf-path", str(folder), "--mlx-path", str(Path(tmp) / "c"),
+                                 "-q", "--q-bits", "4", "--q-group-size", "64"], limit)
+        rows.append(BenchRow("scale", subject, "mlx_lm.convert -q (4-bit g64, mx.quantize)", seconds, "s",
+                             _memory_note(peak, None, None)))
+    seconds, peak, out = _run(["core.eval.mlx_lm_gptq", str(folder), str(CALIB)], limit)
+    note = "did not finish in the time limit" if out == "timeout" else _memory_note(peak, None, None)
+    rows.append(BenchRow("scale", subject, f"mlx-lm gptq_quantize (4-bit g64, the lab's {CALIB} calibration chunks)",
+                         seconds, "s", note))
+    return rows
+
+
+def scale(quick: bool = False) -> list[BenchRow]:
+    """The section's rows: the lab's eval and export at a real shape, and mlx-lm's quantizers on the same folder."""
+    shape_name = shape_for_backend()
+    folder = model_folder(shape_name)
+    shape = footprint.Shape.from_config(json.loads((folder / "config.json").read_text()))
+    windows = WINDOWS.get(runtime.backend(), 16)
+    subject = f"{shape_name} shape, random bfloat16 weights ({shape.parameters() / 1e9:.2f} B parameters)"
+    limit = 900 if quick else 3600
+    return _lab_rows(folder, shape, subject, windows, limit) + _peer_rows(folder, subject, limit)
