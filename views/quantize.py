@@ -14,7 +14,9 @@ from core.quant.calibration import default_size
 from core.quant.config import dwq_default
 from core.quant.methods import DWQ_STARTS, methods_for
 from core.quant.spec import AFFINE_BITS, AFFINE_GROUP_SIZES, MODES
+from core.quant.footprint import MAC_SIZES_GB
 from core.report.charts import frame, tradeoff_chart
+from core.report.fit import fit_columns, fit_rows, protocol as fit_protocol
 from core.report.summaries import COMPARISON_DETAILS, comparison_columns, comparison_table
 from core.report.why import speed_notes
 from views._jobs import follow, submit
@@ -27,11 +29,25 @@ def _whole_test_set(name: str) -> int:
 
 
 def whole_test_set(name: str) -> int | None:
-    """Items in the whole test set (None when the data is not here: the run then says what is missing)."""
+    """Items in the whole test set (None when the data or the model's tokenizer is not here: the run then says
+    what is missing)."""
     try:
         return _whole_test_set(name)
-    except LabError:
+    except Exception:  # noqa: BLE001 - a user's folder may lack anything; Run reports it in words
         return None
+
+
+def fit_panel(name: str, bits: list, group, mode: str, method: str, calib: int, windows: int) -> None:
+    """The predicted memory of each stage at each chosen width, and whether it fits the user's Mac."""
+    st.subheader("Does it fit your Mac?")
+    machine = st.selectbox("Your Mac's memory (GB)", MAC_SIZES_GB, index=MAC_SIZES_GB.index(16), key="q_machine")
+    try:
+        rows = fit_rows(name, [(b, group, mode) for b in bits], method, calib, windows, machine)
+    except LabError as e:
+        error(e)
+        return
+    table(pd.DataFrame(rows), fit_columns(machine))
+    st.caption(fit_protocol())
 
 
 st.title("Quantize & evaluate")
@@ -39,9 +55,23 @@ memory_monitor()
 
 names = list(models.REGISTRY)
 left, right = st.columns(2)
-name = left.selectbox("Model", names, index=names.index(models.default_vision_model()), key="q_model",
-                      format_func=lambda n: f"{n} — {models.REGISTRY[n].title}")
-info = models.REGISTRY[name]
+source = left.radio("Model", ("built in", "your own"), horizontal=True, key="q_source",
+                    help="your own: an mlx-lm model folder on this machine (llama, qwen2, qwen3, phi3, mistral ...), "
+                         "or a Hugging Face id where the hub is reachable")
+if source == "built in":
+    name = left.selectbox("Built-in model", names, index=names.index(models.default_vision_model()), key="q_model",
+                          format_func=lambda n: f"{n} — {models.REGISTRY[n].title}")
+    info = models.REGISTRY[name]
+else:
+    name = left.text_input("mlx-lm model folder or Hugging Face id", key="q_own",
+                           placeholder="/Users/me/models/Llama-3.2-1B-Instruct").strip()
+    try:
+        info = models.resolve(name) if name else None
+    except LabError as e:
+        info = None
+        error(e)
+    if info is None:
+        st.stop()
 mode = right.selectbox("Mode", MODES, key="q_mode", help="affine: integers with a scale and bias per group; "
                        "mxfp4 / nvfp4 / mxfp8: small floats with a shared scale (fixed bits and group size)")
 if mode == "affine":
@@ -97,6 +127,9 @@ dtype = right.selectbox("Compute dtype", list(runtime.DTYPES), index=list(runtim
                         key="q_dtype", help=f"what the deployed model computes in ({backend_dtype} is this "
                         f"backend's default): size, speed and memory are measured in it; quality is always computed "
                         "in float32 on the same quantized weights")
+
+if info.kind == "lm":
+    fit_panel(name, bits if mode == "affine" else [None], group, mode, method, calib or 0, int(limit) or 2)
 
 where = right.radio("Run on", ("this machine", "the hosts of a hostfile"), key="q_where", horizontal=True,
                     help="this machine: the lab's worker process runs it. Hostfile: a sweep spread over several "

@@ -30,6 +30,21 @@ def output_layer_path(model: nn.Module, weight_layers: list[str]) -> str:
 CHAIN_MODULES = ("mlx_lm.models.llama", "mlx_lm.models.qwen2", "mlx_lm.models.qwen3", "mlx_lm.models.phi3")
 
 
+def check_architecture(config: dict, where: str) -> None:
+    """A LabError in words when mlx-lm cannot build the model `config` describes, or the lab cannot run it block
+    by block (its architecture is not one of CHAIN_MODULES)."""
+    from mlx_lm.utils import _get_classes
+
+    try:
+        module = _get_classes(config)[0].__module__
+    except (KeyError, ValueError) as cause:
+        raise LabError(f"{where}: mlx-lm does not know this model ({cause}).") from None
+    if module not in CHAIN_MODULES:
+        raise LabError(f"{where} is a {config.get('model_type')!r} model. The lab quantizes and measures language "
+                       f"models block by block, which it supports for {', '.join(m.rsplit('.', 1)[1] for m in CHAIN_MODULES)} "
+                       "models and those mlx-lm maps onto them (e.g. mistral).")
+
+
 class Chain:
     """A language model as the pieces the lab runs one at a time: embedding, blocks, final norm, head. Pieces are
     looked up when asked for, so a piece swapped into the model is the one used."""

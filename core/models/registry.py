@@ -9,6 +9,7 @@ import mlx.nn as nn
 
 from core.errors import LabError
 from core.models import resnet
+from core.models.lm import check_architecture
 from core.settings import REPO_ROOT, cache_root, mirror_root
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -42,11 +43,26 @@ def resolve(name: str) -> ModelInfo:
     if name in REGISTRY:
         return REGISTRY[name]
     if Path(name).is_dir() and (Path(name) / "config.json").is_file():
+        check_architecture(_folder_config(Path(name)), name)
         return ModelInfo(name, "lm", f"mlx-lm folder {name}", "the folder's weights in float32")
+    if Path(name).exists():
+        raise LabError(f"{name} is not an mlx-lm model folder: it needs a config.json beside its safetensors weights.")
     if HUB_ID.match(name) and not Path(name).exists():
         return ModelInfo(name, "lm", f"Hugging Face model {name}", "the hub checkpoint in float32")
     raise LabError(f"Unknown model {name!r}. Choose one of {', '.join(REGISTRY)}, "
                    "or give an mlx-lm model folder or a Hugging Face id like org/name.")
+
+
+def _folder_config(folder: Path) -> dict:
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as cause:
+        raise LabError(f"{folder}/config.json cannot be read as JSON: {cause}") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise LabError(f"{folder}/config.json does not name a model_type; it is not an mlx-lm model folder.")
+    return config
 
 
 def resnet_weights_path(name: str) -> Path:

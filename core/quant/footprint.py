@@ -100,20 +100,20 @@ def predict(shape: Shape, spec: QuantSpec, method: str = "rtn", calib: int = 0, 
     """The predicted peak of each stage: quantize, evaluate (perplexity + KL on `windows` chunks of `ctx`),
     serve (`streams` sequences of `context` tokens, KV cache in `dtype`). `parallel`: scoring steps computed at
     once (core.eval.parallel runs one per CPU stream)."""
-    packed = model_bytes(shape, spec, "float32")
     largest = max(shape.vocab * shape.hidden, shape.block_weights())
-    quantize = {"process": PROCESS_BYTES, "packed model": packed,
-                "piece being quantized": largest * (shape.stored_bytes + _RTN_PIECE)}
-    if method in ("gptq", "awq") and not spec.full_precision:
-        quantize.update(_calibration_parts(shape, method, calib, ctx))
-    elif method in ("mixed", "dwq") and not spec.full_precision:  # these still run on the whole float32 model
-        copies = 2 if method == "dwq" else 1  # distillation's teacher beside its student
-        quantize["whole model in float32"] = copies * shape.parameters() * 4
-    heads = shape.vocab * shape.hidden * 4 * 2  # the reference's and the model's, float32
-    scoring = parallel * HEAD_ROWS * shape.vocab * 4 * _LOGIT_ARRAYS
-    evaluate = {"process": PROCESS_BYTES, "packed model": packed, "heads in float32": heads,
-                "logits of a scoring step": scoring,
-                "hidden states": 2 * min(windows, window_group(ctx, shape.hidden)) * ctx * shape.hidden * 4}
+    scoring = {"logits of a scoring step": parallel * HEAD_ROWS * shape.vocab * 4 * _LOGIT_ARRAYS,
+               "hidden states": 2 * min(windows, window_group(ctx, shape.hidden)) * ctx * shape.hidden * 4}
+    if spec.full_precision:  # nothing to quantize; evaluation reads one piece at a time and has one head
+        quantize = {"process": PROCESS_BYTES}
+        evaluate = {"process": PROCESS_BYTES, "piece being read": largest * (shape.stored_bytes + 4),
+                    "head in float32": shape.vocab * shape.hidden * 4, **scoring}
+    else:
+        packed = model_bytes(shape, spec, "float32")
+        quantize = {"process": PROCESS_BYTES, "packed model": packed,
+                    "piece being quantized": largest * (shape.stored_bytes + _RTN_PIECE),
+                    **_method_parts(shape, method, calib, ctx)}
+        evaluate = {"process": PROCESS_BYTES, "packed model": packed,
+                    "heads in float32": 2 * shape.vocab * shape.hidden * 4, **scoring}  # the reference's and the model's
     kv = streams * context * shape.layers * 2 * shape.kv_heads * shape.head_dim * DTYPE_BYTES[dtype]
     serve = {"process": PROCESS_BYTES, "model": model_bytes(shape, spec, dtype), "KV cache": kv,
              "prefill activations": min(context, 2048) * (shape.mlp * 3 + shape.vocab) * DTYPE_BYTES[dtype]}
@@ -126,7 +126,13 @@ def window_group(ctx: int, hidden: int, budget: int = HIDDEN_BUDGET_BYTES) -> in
     return max(1, budget // (ctx * hidden * 4))
 
 
-def _calibration_parts(shape: Shape, method: str, calib: int, ctx: int) -> dict:
+def _method_parts(shape: Shape, method: str, calib: int, ctx: int) -> dict:
+    """What a method holds beside the packed model and the piece being quantized."""
+    if method in ("mixed", "dwq"):  # these still run on the whole float32 model
+        copies = 2 if method == "dwq" else 1  # distillation's teacher beside its student
+        return {"whole model in float32": copies * shape.parameters() * 4}
+    if method not in ("gptq", "awq"):
+        return {}
     tokens = calib * ctx
     h, m = shape.hidden, shape.mlp
     parts = {"calibration activations": 2 * tokens * h * 4,

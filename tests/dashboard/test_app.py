@@ -176,3 +176,32 @@ def test_quantize_page_runs_the_mixed_method_within_its_target(tmp_path, monkeyp
     table = at.dataframe[0].value
     assert list(table["configuration"]) == ["resnet20-mlxq fp", "resnet20-mlxq mixed8-g64"]
     assert float(table["bits/weight"].iloc[1]) <= 8.0
+
+
+def test_quantize_page_takes_a_users_model_folder_shows_whether_it_fits_and_runs_it(tmp_path, smollm2_dir):
+    from core.models.synthetic import make_random_lm
+
+    folder = make_random_lm("tiny", tmp_path / "my-model", smollm2_dir)
+    at = app().switch_page("views/quantize.py").run()
+    at.radio(key="q_source").set_value("your own").run()
+    at.text_input(key="q_own").set_value(str(tmp_path / "missing")).run()
+    assert not at.exception and messages(at)[0].startswith(f"Unknown model '{tmp_path / 'missing'}'")
+    (tmp_path / "empty").mkdir()
+    at.text_input(key="q_own").set_value(str(tmp_path / "empty")).run()
+    assert messages(at) == [f"{tmp_path / 'empty'} is not an mlx-lm model folder: it needs a config.json beside "
+                            "its safetensors weights."]
+    at.text_input(key="q_own").set_value(str(folder)).run()
+    assert not at.exception and not messages(at)
+    at.multiselect(key="q_bits").set_value([4])
+    at.selectbox(key="q_machine").set_value(8).run()
+    fit = at.dataframe[0].value
+    assert list(fit["configuration"]) == ["full precision", "q4g64 (rtn)"]
+    assert set(fit["fits"]) == {"yes"} and (fit["evaluate_gb"] > 0.4).all()
+    assert any("Predicted from config.json" in c.value for c in at.caption)
+    at.number_input(key="q_limit_lm").set_value(1)
+    at.button(key="q_run").click().run()
+    assert not at.exception and not messages(at)
+    (job,) = wait_for_jobs()
+    assert job.state == "done", job.error
+    at.run()
+    assert list(at.dataframe[1].value["configuration"]) == [f"{folder} fp", f"{folder} q4g64"]
