@@ -22,7 +22,7 @@ from core.eval.frontier.section import SECTIONS as FRONTIER_SECTIONS
 from core.eval.blas_bench import blas_eval_speed
 from core.eval.eval_speed_bench import eval_command_speed, ppl_eval_speed, ppl_kl_speed, resnet_eval_speed
 from core.eval.scale_bench import scale_out, scale_out_lm
-from core.eval.size_bench import scale
+from core.eval.size_bench import SECTIONS as SCALE_SECTIONS
 from core.eval.speed import bench_generation
 from core.eval.llamacpp_peer import llama_perplexity
 from core.models import resnet
@@ -227,7 +227,7 @@ def serving() -> list[BenchRow]:
 
 SECTIONS = {"resnet": resnet_eval_speed, "eval-command": eval_command_speed, "blas-eval": blas_eval_speed, "ppl": ppl_eval_speed, "ppl-kl": ppl_kl_speed, "decode": decode_speed, "llama-cpp": llama_cpp_peer,
             "full-eval": full_eval_speed, "decode-ceiling": decode_ceiling, "serving": serving, "scale-out": scale_out,
-            "scale-out-lm": scale_out_lm, "scale": scale,
+            "scale-out-lm": scale_out_lm, **SCALE_SECTIONS,
             **FRONTIER_SECTIONS}
 
 

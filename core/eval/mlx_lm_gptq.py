@@ -1,5 +1,6 @@
-"""mlx-lm's GPTQ on a model folder with the lab's calibration tokens, for the `scale` bench section:
-`python -m core.eval.mlx_lm_gptq FOLDER CHUNKS` (run under core.eval.measured for its peak memory).
+"""mlx-lm on a model folder, for the `scale` bench section (run under core.eval.measured for the peak memory):
+`python -m core.eval.mlx_lm_gptq FOLDER CHUNKS` runs mlx-lm's GPTQ with the lab's calibration tokens;
+`python -m core.eval.mlx_lm_gptq --load FOLDER` loads the folder with mlx-lm and generates from it.
 
 mlx-lm's own command line fetches its calibration text from the hub; here it gets the lab's GPTQ calibration
 (`CHUNKS` chunks of 512 tokens of WikiText-2 validation), 4 bits, group 64, and 4-bit group-64 round-to-nearest
@@ -28,5 +29,17 @@ def main(folder: str, chunks: int) -> None:
     print(f"mlx-lm gptq_quantize: {time.perf_counter() - started:.1f} s, {size / 1e9:.3f} GB quantized")
 
 
+def load_and_generate(folder: str) -> None:
+    """The check that mlx-lm itself loads a folder and generates from it."""
+    from mlx_lm import generate, load
+
+    model, tokenizer = load(folder)
+    text = generate(model, tokenizer, "The sea is", max_tokens=16)
+    print(f"mlx_lm generated {len(tokenizer.encode(text))} tokens")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[1] == "--load":
+        load_and_generate(sys.argv[2])
+    else:
+        main(sys.argv[1], int(sys.argv[2]))

@@ -108,12 +108,58 @@ def _peer_rows(folder: Path, subject: str, limit: float | None) -> list[BenchRow
     return rows
 
 
-def scale(quick: bool = False) -> list[BenchRow]:
-    """The section's rows: the lab's eval and export at a real shape, and mlx-lm's quantizers on the same folder."""
+def _serve_rows(folder: Path, shape: footprint.Shape, subject: str, limit: float | None,
+                streams: int = 16) -> list[BenchRow]:
+    """The lab's 4-bit export of the model loaded by mlx-lm, then served by the lab's server (NAME=PATH) to
+    `streams` concurrent streams, beside mlx_lm.server on the same folder."""
+    from core.eval.serving_bench import concurrent_round, running_server
+
+    rows = []
+    with tempfile.TemporaryDirectory(dir=settings.cache_root()) as tmp:
+        export = Path(tmp) / "q4g64"
+        _run(["core", "export", "--model", str(folder), "--q-bits", "4", "--q-group-size", "64", "--out", str(export)],
+             limit)
+        seconds, peak, out = _run(["core.eval.mlx_lm_gptq", "--load", str(export)], limit)
+        rows.append(BenchRow("scale", subject, "mlx_lm.load of the lab's 4-bit export, 16 greedy tokens", seconds, "s",
+                             f"{out.strip()}; {_memory_note(peak, None, None)}"))
+        predicted = {f.stage: f for f in footprint.predict(shape, QuantSpec(4, 64).validated(), streams=streams,
+                                                           context=1024, dtype=runtime.default_dtype())}["serve"]
+        for name, command in (("lab server (--models big=EXPORT)",
+                               [sys.executable, "-m", "core", "serve", "--models", f"big={export}",
+                                "--max-batch", str(streams), "--memory-budget-mb", "100000"]),
+                              ("mlx_lm.server", [sys.executable, "-m", "mlx_lm.server", "--model", str(export),
+                                                 "--decode-concurrency", str(streams)])):
+            with running_server(command, Path(tmp) / "server.log") as url:
+                model = "big" if "lab" in name else str(export)
+                concurrent_round(url, model, 2, 8)  # warm-up
+                r = concurrent_round(url, model, streams, 128)
+            rows.append(BenchRow("scale", subject, f"{name}: {streams} concurrent streams, 128 tokens each",
+                                 r.tokens_per_s, "tokens/s", f"TTFT p50 {r.ttft_p50_ms:.0f} ms, inter-token p50 "
+                                 f"{r.itl_p50_ms:.1f} ms; predicted server peak {predicted.peak_bytes / GB:.1f} GB"))
+    return rows
+
+
+PARTS = ("lab", "peers", "serve")
+
+
+def scale(quick: bool = False, parts: tuple[str, ...] = PARTS) -> list[BenchRow]:
+    """The section's rows: the lab's eval and export at a real shape, mlx-lm's quantizers on the same folder, and
+    the export served to concurrent streams by both servers."""
     shape_name = shape_for_backend()
     folder = model_folder(shape_name)
     shape = footprint.Shape.from_config(json.loads((folder / "config.json").read_text()))
     windows = WINDOWS.get(runtime.backend(), 16)
     subject = f"{shape_name} shape, random bfloat16 weights ({shape.parameters() / 1e9:.2f} B parameters)"
     limit = 900 if quick else 3600
-    return _lab_rows(folder, shape, subject, windows, limit) + _peer_rows(folder, subject, limit)
+    rows = []
+    if "lab" in parts:
+        rows += _lab_rows(folder, shape, subject, windows, limit)
+    if "peers" in parts:
+        rows += _peer_rows(folder, subject, limit)
+    if "serve" in parts:
+        rows += _serve_rows(folder, shape, subject, limit)
+    return rows
+
+
+SECTIONS = {"scale": scale, **{f"scale-{part}": (lambda quick=False, part=part: scale(quick, (part,)))
+                               for part in PARTS}}

@@ -18,8 +18,8 @@ MAC_SIZES_GB = (8, 16, 24, 32, 64, 128)
 # system's and other programs'. A prediction fits a machine when it is within that share.
 USABLE_SHARE = 0.75
 PROCESS_BYTES = 0.40 * GB  # Python, MLX, mlx-lm, the tokenizer and the tokenized test text, before any weights
+BARE_PROCESS_BYTES = 0.15 * GB  # the same without any tokenized text (round-to-nearest reads none)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-_RTN_PIECE = 4 + 3  # per weight of the piece being quantized: its float32 copy and the grid's temporaries
 _LOGIT_ARRAYS = 6  # vocabulary-wide float32 arrays per scored position alive at once (logits, log-softmax, KL)
 _STAGES = ("quantize", "evaluate", "serve")
 HEAD_ROWS = 128  # positions scored at once by blockwise evaluation (core.eval.blockwise)
@@ -109,9 +109,7 @@ def predict(shape: Shape, spec: QuantSpec, method: str = "rtn", calib: int = 0, 
                     "head in float32": shape.vocab * shape.hidden * 4, **scoring}
     else:
         packed = model_bytes(shape, spec, "float32")
-        quantize = {"process": PROCESS_BYTES, "packed model": packed,
-                    "piece being quantized": largest * (shape.stored_bytes + _RTN_PIECE),
-                    **_method_parts(shape, method, calib, ctx)}
+        quantize = _quantize_parts(shape, packed, method, calib, ctx)
         evaluate = {"process": PROCESS_BYTES, "packed model": packed,
                     "heads in float32": 2 * shape.vocab * shape.hidden * 4, **scoring}  # the reference's and the model's
     kv = streams * context * shape.layers * 2 * shape.kv_heads * shape.head_dim * DTYPE_BYTES[dtype]
@@ -126,6 +124,23 @@ def window_group(ctx: int, hidden: int, budget: int = HIDDEN_BUDGET_BYTES) -> in
     return max(1, budget // (ctx * hidden * 4))
 
 
+def _piece(weights: int, largest_rows: int, shape: Shape) -> int:
+    """A piece being quantized: its float32 copy, and the larger of its stored copy (while it is cast) and the
+    grid's temporaries for one tensor (8192 rows at a time, core.quant.quantizers)."""
+    return weights * 4 + max(weights * shape.stored_bytes, min(largest_rows, 8192) * shape.hidden * 8)
+
+
+def _quantize_parts(shape: Shape, packed: int, method: str, calib: int, ctx: int) -> dict:
+    """The larger of the two phases of quantizing: the embedding (first, nothing packed yet) and the last block
+    (everything else packed), with what the method holds then."""
+    base = PROCESS_BYTES if method != "rtn" else BARE_PROCESS_BYTES  # calibrated methods tokenize their text
+    embedding = {"process": base, "embedding being quantized": _piece(shape.vocab * shape.hidden, shape.vocab, shape)}
+    block = {"process": base, "packed model": packed,
+             "block being quantized": _piece(shape.block_weights(), shape.mlp, shape),
+             **_method_parts(shape, method, calib, ctx)}
+    return max(embedding, block, key=lambda parts: sum(parts.values()))
+
+
 def _method_parts(shape: Shape, method: str, calib: int, ctx: int) -> dict:
     """What a method holds beside the packed model and the piece being quantized."""
     if method in ("mixed", "dwq"):  # these still run on the whole float32 model
@@ -136,7 +151,6 @@ def _method_parts(shape: Shape, method: str, calib: int, ctx: int) -> dict:
     tokens = calib * ctx
     h, m = shape.hidden, shape.mlp
     parts = {"calibration activations": 2 * tokens * h * 4,
-             "block in float32": shape.block_weights() * 4,
              "activations of a calibration batch": 8 * ctx * (3 * m + 2 * shape.heads * ctx) * 4}
     if method == "gptq":  # one Hessian per layer of the block, and the column sweep's working copies
         parts["Hessians"] = sum(k * k for _, k in shape.block_matrices()) * 4

@@ -102,6 +102,23 @@ def test_quantize_runs_resnet20_at_4_bits(page, server):
         expect(chart.locator(".scatterlayer .point").first).to_be_attached()
 
 
+def test_quantize_takes_a_users_model_folder_and_says_whether_it_fits(page, server, tmp_path, smollm2_dir):
+    from core.models.synthetic import make_random_lm
+
+    folder = make_random_lm("tiny", tmp_path / "my-model", smollm2_dir)
+    with flow(page, server, "quantize-own-model"):
+        open_page(page, server, "/quantize", lambda p: p.get_by_role("button", name="Run", exact=True))
+        page.get_by_test_id("stRadio").filter(has_text="your own").get_by_text("your own").click()
+        path = page.get_by_test_id("stTextInput").filter(has_text="mlx-lm model folder").locator("input")
+        path.fill(str(folder))
+        path.press("Enter")
+        expect(page.get_by_role("heading", name="Does it fit your Mac?")).to_be_visible()
+        fit = page.get_by_test_id("stDataFrame").first
+        expect(fit).to_contain_text("q4g64 (rtn)")
+        expect(fit).to_contain_text("full precision")
+        expect(page.get_by_text("Predicted from config.json", exact=False)).to_be_visible()
+
+
 def test_quantize_run_can_be_cancelled(page, server):
     with flow(page, server, "quantize-cancelled"):
         open_quantize(page, server, "resnet56", "0")  # the full test set: long enough to cancel
