@@ -161,10 +161,9 @@ def cmd_serve(args) -> int:
     if args.request_timeout is not None and not args.request_timeout > 0:
         raise LabError(f"--request-timeout must be a positive number of seconds, not {args.request_timeout}.")
     where = f"http://{args.host}:{args.port}"
-    print(f"serving {', '.join(models)} in {args.dtype or runtime.default_dtype()} on {where} "
-          f"(OpenAI-compatible: {where}/v1)"
-          + ("; API key required" if api.api_key else ""), file=sys.stderr)
-    serve(api, args.host, args.port)
+    banner = (f"serving {', '.join(models)} in {args.dtype or runtime.default_dtype()} on {where} "
+              f"(OpenAI-compatible: {where}/v1)" + ("; API key required" if api.api_key else ""))
+    serve(api, args.host, args.port, banner=banner)  # the banner once every entry is checked (a bad one: LabError)
     return 0
 
 

@@ -107,8 +107,10 @@ def _table_commands(sub) -> None:
 
 def _serving_commands(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP API for quantized models")
-    p.add_argument("--models", default=None, help="comma-separated ids to serve, e.g. "
-                   "smollm2-135m-instruct@q4g64,resnet20@q8 (default: a few of each)")
+    p.add_argument("--models", default=None, help="comma-separated models to serve: registry ids, e.g. "
+                   "smollm2-135m-instruct@q4g64,resnet20@q8 (quantized on load), and/or NAME=PATH, a folder served "
+                   "as it is under NAME (letters, digits, '.', '_', '-'): a `python -m core export` folder or any "
+                   "mlx-lm model folder, e.g. mine=exports/smollm2-gptq4 (default: a few registry ids)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=positive_int, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set MLXQ_API_KEY)")

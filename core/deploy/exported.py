@@ -1,7 +1,11 @@
-"""Reading an export folder back (core.deploy.export writes them): the model holding exactly the arrays written."""
+"""Reading an export folder back (core.deploy.export writes them): the model holding exactly the arrays written.
+Also any other mlx-lm model folder, for the server: `describe_folder` checks a folder at start-up without reading
+its weights, `load_folder` loads it holding the folder's own arrays, computing in the server's dtype."""
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -10,14 +14,17 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from core.errors import LabError
 from core.models import resnet
+from core.models.checkpoint import LazyCheckpoint
 from core.quant.conv import QuantizedConv2d
 from core.quant.kernels import AdaptiveQuantizedLinear, use_measured_kernels
-from core.quant.layers import WEIGHT_LAYERS, ExactQuantizedEmbedding
+from core.quant.layers import WEIGHT_LAYERS, ExactQuantizedEmbedding, bits_per_weight
+from core.quant.precision import activation_dtype, cast_to
 from core.runtime import DTYPES
 
 FORMAT, VERSION = "mlxq-export", 1
 VISION_META = "quantization.json"  # ResNet exports: architecture, layers, method
 LM_META = "mlxq_export.json"  # LM exports: provenance next to mlx-lm's own config.json
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "tiktoken.model")
 
 
 def read_metadata(folder: Path) -> dict | None:
@@ -99,10 +106,23 @@ def _quantized_layer(path: str, entry: dict, float_layer: nn.Module, weights: di
 
 
 def _load_lm(folder: Path, meta: dict):
+    model, tokenizer = _mlx_lm_load(folder)
+    return use_measured_kernels(lab_layers(model, DTYPES[meta["config"]["dtype"]])), tokenizer
+
+
+def _mlx_lm_load(folder: Path):
     from mlx_lm import load
 
-    model, tokenizer = load(str(folder))
-    dtype = DTYPES[meta["config"]["dtype"]]
+    try:
+        return load(str(folder))
+    except Exception as cause:  # mlx-lm says what is wrong in its own words; keep them, add where
+        raise LabError(f"mlx-lm cannot load {folder}: {cause}") from cause
+
+
+def lab_layers(model: nn.Module, dtype: mx.Dtype) -> nn.Module:
+    """`model` (as mlx-lm loads it) with its quantized layers swapped for the project's own over the same arrays,
+    in place: the float32-exact embedding returning rows in `dtype`, linear layers that choose their kernel by
+    rows. Nothing is re-quantized."""
     swaps = []
     for path, m in weight_layers(model).items():
         if isinstance(m, nn.QuantizedEmbedding) and not isinstance(m, ExactQuantizedEmbedding):
@@ -118,4 +138,78 @@ def _load_lm(folder: Path, meta: dict):
         swaps.append((path, lab))
     model.update_modules(tree_unflatten(swaps))
     model.eval()
-    return use_measured_kernels(model), tokenizer
+    return model
+
+
+# ---- folders the server serves ------------------------------------------------------------------------------------
+
+@dataclass
+class FolderModel:
+    """A model folder as checked at start-up, nothing loaded: a lab export (with its metadata) or a folder another
+    tool wrote (mlx-lm's convert, the hub)."""
+
+    path: Path  # absolute
+    kind: str  # 'lm' or 'vision'
+    meta: dict | None  # the export's metadata; None for a folder the lab did not export
+    bits_per_weight: float | None  # as the folder stores the model
+    quantization: dict | None  # config.json's `quantization` entry (mlx-lm's), if any
+
+    @property
+    def method(self) -> str:
+        """rtn / gptq / awq / dwq / mixed ('none' for full precision) from the export; 'unknown' otherwise."""
+        return str(self.meta.get("method", "unknown")) if self.meta else "unknown"
+
+
+def describe_folder(path: str | Path) -> FolderModel:
+    """What the folder at `path` holds, checked without reading its weights, or one LabError in words: missing,
+    a file, not a model folder, an export of another format version, an architecture mlx-lm does not know."""
+    folder = Path(os.path.abspath(Path(path).expanduser()))
+    if not folder.exists():
+        raise LabError(f"{folder} does not exist.")
+    if not folder.is_dir():
+        raise LabError(f"{folder} is a file, not a model folder; give the folder that holds config.json "
+                       f"(an mlx-lm model) or {VISION_META} (a ResNet export).")
+    meta = read_metadata(folder)
+    if meta is not None and meta.get("version") != VERSION:
+        raise LabError(f"{folder} was exported in format version {meta.get('version')}; this code reads {VERSION}.")
+    if meta is not None and meta.get("kind") == "vision":
+        return _vision_folder(folder, meta)
+    if meta is not None and meta.get("kind") != "lm":
+        raise LabError(f"{folder}: its export metadata says kind {meta.get('kind')!r}; the lab exports 'lm' or "
+                       "'vision' models.")
+    if not (folder / "config.json").is_file():
+        raise LabError(f"{folder} is not a model folder: it holds neither config.json (an mlx-lm model folder) "
+                       f"nor {VISION_META} (a ResNet exported by `python -m core export`).")
+    checkpoint = LazyCheckpoint(folder)  # config.json readable, model*.safetensors present
+    model = checkpoint.model()  # the structure only, nothing read: mlx-lm knows it, every array in place
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise LabError(f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); a language model "
+                       "folder needs its tokenizer files beside config.json.")
+    bpw = meta.get("bits_per_weight") if meta else bits_per_weight(model)  # from shapes: still nothing read
+    quantization = checkpoint.config.get("quantization")
+    return FolderModel(folder, "lm", meta, bpw, quantization if isinstance(quantization, dict) else None)
+
+
+def _vision_folder(folder: Path, meta: dict) -> FolderModel:
+    name = (meta.get("architecture") or {}).get("name")
+    if name not in resnet.DEPTHS or not isinstance(meta.get("layers"), dict):
+        raise LabError(f"{folder}/{VISION_META} describes no ResNet this code builds (architecture {name!r}).")
+    if not (folder / "model.safetensors").is_file():
+        raise LabError(f"{folder} holds {VISION_META} but no model.safetensors: the export is incomplete.")
+    return FolderModel(folder, "vision", meta, meta.get("bits_per_weight"), None)
+
+
+def load_folder(folder: FolderModel, dtype: str) -> tuple[nn.Module, object | None]:
+    """(model, tokenizer or None) holding exactly the folder's arrays (an export through `load_exported`, any
+    other folder through mlx-lm's load, its quantized layers swapped for the lab's over the same arrays), then
+    computing in `dtype` with this machine's kernel choice, as `Quantized.deploy()` does."""
+    if not folder.path.is_dir():  # checked at start-up; gone since (never a hub download in its place)
+        raise LabError(f"{folder.path} is no longer there; it was a model folder when the server started.")
+    if folder.meta is not None:
+        model, tokenizer = load_exported(folder.path)
+    else:
+        model, tokenizer = _mlx_lm_load(folder.path)
+        lab_layers(model, activation_dtype(model))
+    use_measured_kernels(cast_to(model, dtype))
+    mx.eval(model.parameters())
+    return model, tokenizer

@@ -2,9 +2,11 @@
 
 Endpoints: GET /health, GET /metrics (Prometheus), GET /v1/models and /v1/models/{id} (core.serve.routes);
 POST /v1/chat/completions and /v1/completions, whole or streamed (core.serve.completions); POST /v1/classify
-(multipart image, core.serve.routes). Models are named with their quantization ('smollm2-135m-instruct@q4g64',
-'resnet20@q8'); only the ids given at start-up are served, and an id is never used as a path. This module wires
-the parts together: settings, the engines (core.deploy.engines), metrics, the request guard and error handlers."""
+(multipart image, core.serve.routes). Models are registry ids named with their quantization
+('smollm2-135m-instruct@q4g64', 'resnet20@q8') or NAME=PATH folders (a lab export or any mlx-lm model folder, served
+holding exactly its arrays); only the entries given at start-up are served, each checked then, and a request's model
+name is only looked up among them, never used as a path. This module wires the parts together: settings, the engines
+(core.deploy.engines), metrics, the request guard and error handlers."""
 from __future__ import annotations
 
 import hmac
@@ -22,7 +24,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.deploy.classify import MAX_UPLOAD_BYTES
 from core.deploy.constrained import IndexCache
 from core.deploy.generate import MAX_NEW_TOKENS
-from core.deploy.ids import parse_model_id
 from core.errors import LabError
 from core.models.registry import default_vision_model
 from core import runtime
@@ -76,9 +77,9 @@ def _internal(e: BaseException) -> JSONResponse:
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
-    for model_id in settings.models:  # a bad id at start-up is the operator's error: fail before serving
-        parse_model_id(model_id)
     resolve_dtype(settings.dtype)  # a bad dtype (or MLXQ_DTYPE) fails here, not on the first request
+    # every entry checked here (registry ids parsed, folders' metadata and structure read, no weights): a bad one is
+    # the operator's error, one LabError before serving
     pool = ModelPool(settings.models, settings.memory_budget_bytes, settings.dtype)
     engines = Engines.start(pool, settings.max_batch, settings.max_queue, settings.max_vision_queue)
 
@@ -229,8 +230,14 @@ def _validation_error(errors: list) -> JSONResponse:
 SERVER_HEAP_ARENAS = 2
 
 
-def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, banner: str | None = None) -> None:
+    """Run the server; `banner` is printed (to stderr) once every model entry has been checked."""
+    import sys
+
     import uvicorn
 
     runtime.bound_heap_arenas(SERVER_HEAP_ARENAS)  # before the server's threads start
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_keep_alive=5)
+    app = create_app(settings)
+    if banner:
+        print(banner, file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)

@@ -44,9 +44,10 @@ async def _on_engine(request: Request, fn):
 
 
 def _language_model(request: Request, model_id: str, sampling=None):
-    deployed = _engines(request).pool.get(model_id)
-    if deployed.tokenizer is None:
+    pool = _engines(request).pool
+    if pool.kind(model_id) != "lm":  # known from start-up: an image classifier is not loaded to refuse it
         raise ApiError(400, f"{model_id} is an image classifier; use /v1/classify.", param="model")
+    deployed = pool.get(model_id)
     if sampling is not None and sampling.logit_bias:
         _check_bias(sampling.logit_bias, len(deployed.tokenizer), model_id)
     return deployed

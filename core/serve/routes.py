@@ -12,7 +12,6 @@ from core import runtime
 from core.data import CIFAR10_CLASSES
 from core.deploy import classify as vision
 from core.deploy.vision_lane import VisionQueueFull
-from core.models.registry import REGISTRY
 from core.serve.openai import ApiError
 
 router = APIRouter()
@@ -39,26 +38,34 @@ async def prometheus(request: Request):
                              media_type="text/plain; version=0.0.4")
 
 
-def _model_card(model_id: str) -> dict:
-    return {"id": model_id, "object": "model", "created": 0, "owned_by": "mlxq",
-            "kind": REGISTRY[model_id.partition("@")[0]].kind}
+def _model_card(pool, model_id: str) -> dict:
+    """One model as listed, from what was known at start-up (nothing is loaded to list it): kind ('lm' or
+    'vision'); method (rtn, gptq, awq, dwq, mixed; 'none' for full precision; 'unknown' for a folder the lab did
+    not export); bits_per_weight (a registry id's from its quantization, scales and biases counted; a folder's as
+    it stores the whole model: the export's record, or computed from its arrays' shapes; None if unknown); and
+    source ('registry' or 'folder'; a folder's path is not shown)."""
+    served = pool.describe(model_id)
+    bpw = served.bits_per_weight
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "mlxq", "kind": served.kind,
+            "method": served.method, "bits_per_weight": None if bpw is None else round(float(bpw), 4),
+            "source": served.source}
 
 
 @router.get("/v1/models")
 async def list_models(request: Request):
-    return {"object": "list", "data": [_model_card(m) for m in request.app.state.engines.pool.allowed]}
+    pool = request.app.state.engines.pool
+    return {"object": "list", "data": [_model_card(pool, m) for m in pool.allowed]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request):
-    return _model_card(request.app.state.engines.pool.check(model_id))
+    return _model_card(request.app.state.engines.pool, model_id)
 
 
 @router.post("/v1/classify")
 async def classify(request: Request, file: UploadFile = File(...), model: str = Form(...), top_k: int = Form(5)):
     engines, limit = request.app.state.engines, request.app.state.settings.max_upload_bytes
-    engines.pool.check(model)
-    if REGISTRY[model.partition("@")[0]].kind != "vision":
+    if engines.pool.kind(model) != "vision":
         raise ApiError(400, f"{model} is a language model; use /v1/chat/completions.", param="model")
     if not 1 <= top_k <= MAX_TOP_K:
         raise ApiError(400, f"top_k must be between 1 and {MAX_TOP_K}.", param="top_k")
