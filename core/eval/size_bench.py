@@ -25,6 +25,7 @@ from core.settings import REPO_ROOT
 
 GB = 1e9
 WINDOWS = {"cpu": 2}  # evaluation windows; 16 elsewhere
+GPU_LIMIT_GB = 16  # off a CPU the lab's runs are held to a 16 GB Mac's budget (--memory-limit)
 CALIB = 32  # GPTQ's and AWQ's default calibration chunks of 512 tokens (core.quant.calibration)
 
 
@@ -65,31 +66,35 @@ def _memory_note(peak: dict, predicted: float | None, bound: float | None) -> st
     return "; ".join(parts)
 
 
-def _lab_rows(folder: Path, shape: footprint.Shape, subject: str, windows: int, limit: float | None) -> list[BenchRow]:
+def _lab_rows(folder: Path, shape: footprint.Shape, subject: str, windows: int, limit: float | None,
+              evals=("rtn", "gptq", "awq"), exports=("rtn", "gptq")) -> list[BenchRow]:
+    """The lab's eval (perplexity + KL on `windows` chunks) and export of the model at 4 bits, group 64, each with
+    its predicted and measured peak; off a CPU under --memory-limit 16."""
     spec = QuantSpec(4, 64).validated()
     quantized = footprint.model_bytes(shape, spec, "float32")
     bound = quantized + shape.parameters() * 2 / 2 + 2**30  # the goal: quantized + half of bfloat16 + 1 GiB
     on_cpu, parallel = runtime.backend() == "cpu", parallel_steps()
+    flags = ["--q-bits", "4", "--q-group-size", "64", *([] if on_cpu else ["--memory-limit", str(GPU_LIMIT_GB)])]
+    goal = bound if on_cpu else GPU_LIMIT_GB * GB
     rows = []
-    for method in ("rtn", "gptq", "awq"):
-        args = ["core", "eval", "--model", str(folder), "--q-bits", "4", "--q-group-size", "64", "--method", method,
-                "--limit", str(windows), "--no-bench", "--no-cache", "--json"]
+    for method in evals:
         stage = {s.stage: s for s in footprint.predict(shape, spec, method, calib=CALIB, windows=windows,
                                                        parallel=parallel)}
-        seconds, peak, out = _run(args, limit)
+        seconds, peak, out = _run(["core", "eval", "--model", str(folder), *flags, "--method", method, "--limit",
+                                   str(windows), "--no-bench", "--no-cache", "--json"], limit)
         note = "did not finish in the time limit" if out == "timeout" else _memory_note(
-            peak, stage["evaluate"].peak_bytes, bound if on_cpu else None)
+            peak, stage["evaluate"].peak_bytes, goal)
         rows.append(BenchRow("scale", subject, f"lab eval {method} q4g64 ({windows} windows, perplexity + KL)",
                              seconds, "s", note))
     with tempfile.TemporaryDirectory(dir=settings.cache_root()) as tmp:
-        for method in ("rtn", "gptq"):
+        for method in exports:
             out_dir = Path(tmp) / method
-            args = ["core", "export", "--model", str(folder), "--q-bits", "4", "--q-group-size", "64",
-                    "--method", method, "--out", str(out_dir)]
             stage = {s.stage: s for s in footprint.predict(shape, spec, method, calib=CALIB, parallel=parallel)}
-            seconds, peak, _ = _run(args, limit)
-            rows.append(BenchRow("scale", subject, f"lab export {method} q4g64", seconds, "s",
-                                 _memory_note(peak, stage["quantize"].peak_bytes, bound if on_cpu else None)))
+            seconds, peak, out = _run(["core", "export", "--model", str(folder), *flags, "--method", method,
+                                       "--out", str(out_dir)], limit)
+            note = "did not finish in the time limit" if out == "timeout" else _memory_note(
+                peak, stage["quantize"].peak_bytes, goal)
+            rows.append(BenchRow("scale", subject, f"lab export {method} q4g64", seconds, "s", note))
             shutil.rmtree(out_dir, ignore_errors=True)
     return rows
 
@@ -139,12 +144,13 @@ def _serve_rows(folder: Path, shape: footprint.Shape, subject: str, limit: float
     return rows
 
 
-PARTS = ("lab", "peers", "serve")
+PARTS = {"rtn": dict(evals=("rtn",), exports=()), "gptq": dict(evals=("gptq",), exports=()),
+         "awq": dict(evals=("awq",), exports=()), "export": dict(evals=(), exports=("rtn", "gptq"))}
 
 
-def scale(quick: bool = False, parts: tuple[str, ...] = PARTS) -> list[BenchRow]:
+def scale(quick: bool = False, parts: tuple[str, ...] = ("rtn", "gptq", "awq", "export", "peers", "serve")) -> list[BenchRow]:
     """The section's rows: the lab's eval and export at a real shape, mlx-lm's quantizers on the same folder, and
-    the export served to concurrent streams by both servers."""
+    the export served to concurrent streams by both servers (`parts`: a device's time limit runs them apart)."""
     shape_name = shape_for_backend()
     folder = model_folder(shape_name)
     shape = footprint.Shape.from_config(json.loads((folder / "config.json").read_text()))
@@ -152,14 +158,15 @@ def scale(quick: bool = False, parts: tuple[str, ...] = PARTS) -> list[BenchRow]
     subject = f"{shape_name} shape, random bfloat16 weights ({shape.parameters() / 1e9:.2f} B parameters)"
     limit = 900 if quick else 3600
     rows = []
-    if "lab" in parts:
-        rows += _lab_rows(folder, shape, subject, windows, limit)
-    if "peers" in parts:
-        rows += _peer_rows(folder, subject, limit)
-    if "serve" in parts:
-        rows += _serve_rows(folder, shape, subject, limit)
+    for part in parts:
+        if part in PARTS:
+            rows += _lab_rows(folder, shape, subject, windows, limit, **PARTS[part])
+        elif part == "peers":
+            rows += _peer_rows(folder, subject, limit)
+        else:
+            rows += _serve_rows(folder, shape, subject, limit)
     return rows
 
 
 SECTIONS = {"scale": scale, **{f"scale-{part}": (lambda quick=False, part=part: scale(quick, (part,)))
-                               for part in PARTS}}
+                               for part in (*PARTS, "peers", "serve")}}

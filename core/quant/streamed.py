@@ -14,6 +14,7 @@ from core.models.lm import Chain
 from core.quant.awq import awq_block, awq_config
 from core.quant.baseline import LazyBaseline
 from core.quant.calibration import Calibration, calibration_tokens
+from core.quant.gptq import gptq_block
 from core.quant.layers import QuantReport, quantize_model, swap
 from core.quant.spec import QuantSpec
 
@@ -60,8 +61,6 @@ def _calibrate_block(model: nn.Module, block: nn.Module, path: str, x: mx.array,
     """Run `method` on one block; returns the next block's calibration inputs and any packed layers."""
     if method == "awq":
         return awq_block(block, path + ".", x, mask, awq_config(model), spec, {}), {}
-    from core.quant.gptq import gptq_block  # TEMP
-
     packed = gptq_block(block, path + ".", x, mask, spec, keep)  # its weights now hold the de-quantized ones
     x = mx.concatenate([block(x[i:i + 8], mask) for i in range(0, x.shape[0], 8)])
     mx.eval(x)
