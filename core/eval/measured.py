@@ -16,9 +16,21 @@ import mlx.core as mx
 MARK = "MLXQ_PEAK "
 
 
-def peak() -> dict:
+def peak_rss() -> int:
+    """This process's own high-water resident set. On Linux from /proc (VmHWM, of this program's memory alone):
+    getrusage's maximum survives exec, so a child started by a large parent would report the parent's."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"rss_bytes": rss if sys.platform == "darwin" else rss * 1024, "mlx_bytes": mx.get_peak_memory()}
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def peak() -> dict:
+    return {"rss_bytes": peak_rss(), "mlx_bytes": mx.get_peak_memory()}
 
 
 def parse(stderr: str) -> dict | None:

@@ -99,13 +99,15 @@ def _lab_rows(folder: Path, shape: footprint.Shape, subject: str, windows: int, 
     return rows
 
 
-def _peer_rows(folder: Path, subject: str, limit: float | None) -> list[BenchRow]:
+def _peer_rows(folder: Path, subject: str, limit: float | None, gptq: bool = True) -> list[BenchRow]:
     rows = []
     with tempfile.TemporaryDirectory(dir=settings.cache_root()) as tmp:
         seconds, peak, _ = _run(["mlx_lm.convert", "--hf-path", str(folder), "--mlx-path", str(Path(tmp) / "c"),
                                  "-q", "--q-bits", "4", "--q-group-size", "64"], limit)
         rows.append(BenchRow("scale", subject, "mlx_lm.convert -q (4-bit g64, mx.quantize)", seconds, "s",
                              _memory_note(peak, None, None)))
+    if not gptq:
+        return rows
     seconds, peak, out = _run(["core.eval.mlx_lm_gptq", str(folder), str(CALIB)], limit)
     note = "did not finish in the time limit" if out == "timeout" else _memory_note(peak, None, None)
     rows.append(BenchRow("scale", subject, f"mlx-lm gptq_quantize (4-bit g64, the lab's {CALIB} calibration chunks)",
@@ -145,7 +147,8 @@ def _serve_rows(folder: Path, shape: footprint.Shape, subject: str, limit: float
 
 
 PARTS = {"rtn": dict(evals=("rtn",), exports=()), "gptq": dict(evals=("gptq",), exports=()),
-         "awq": dict(evals=("awq",), exports=()), "export": dict(evals=(), exports=("rtn", "gptq"))}
+         "awq": dict(evals=("awq",), exports=()), "export": dict(evals=(), exports=("rtn", "gptq")),
+         "export-rtn": dict(evals=(), exports=("rtn",))}
 
 
 def scale(quick: bool = False, parts: tuple[str, ...] = ("rtn", "gptq", "awq", "export", "peers", "serve")) -> list[BenchRow]:
@@ -161,12 +164,12 @@ def scale(quick: bool = False, parts: tuple[str, ...] = ("rtn", "gptq", "awq", "
     for part in parts:
         if part in PARTS:
             rows += _lab_rows(folder, shape, subject, windows, limit, **PARTS[part])
-        elif part == "peers":
-            rows += _peer_rows(folder, subject, limit)
+        elif part in ("peers", "convert"):
+            rows += _peer_rows(folder, subject, limit, gptq=part == "peers")
         else:
             rows += _serve_rows(folder, shape, subject, limit)
     return rows
 
 
 SECTIONS = {"scale": scale, **{f"scale-{part}": (lambda quick=False, part=part: scale(quick, (part,)))
-                               for part in (*PARTS, "peers", "serve")}}
+                               for part in (*PARTS, "peers", "convert", "serve")}}
