@@ -46,7 +46,8 @@ def resolve(name: str) -> ModelInfo:
         check_architecture(_folder_config(Path(name)), name)
         return ModelInfo(name, "lm", f"mlx-lm folder {name}", "the folder's weights in float32")
     if Path(name).exists():
-        raise LabError(f"{name} is not an mlx-lm model folder: it needs a config.json beside its safetensors weights.")
+        raise LabError(f"Unknown model {name!r}: it is not an mlx-lm model folder (a config.json beside its "
+                       "safetensors weights).")
     if HUB_ID.match(name) and not Path(name).exists():
         return ModelInfo(name, "lm", f"Hugging Face model {name}", "the hub checkpoint in float32")
     raise LabError(f"Unknown model {name!r}. Choose one of {', '.join(REGISTRY)}, "

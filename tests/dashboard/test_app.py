@@ -188,8 +188,8 @@ def test_quantize_page_takes_a_users_model_folder_shows_whether_it_fits_and_runs
     assert not at.exception and messages(at)[0].startswith(f"Unknown model '{tmp_path / 'missing'}'")
     (tmp_path / "empty").mkdir()
     at.text_input(key="q_own").set_value(str(tmp_path / "empty")).run()
-    assert messages(at) == [f"{tmp_path / 'empty'} is not an mlx-lm model folder: it needs a config.json beside "
-                            "its safetensors weights."]
+    assert messages(at) == [f"Unknown model '{tmp_path / 'empty'}': it is not an mlx-lm model folder (a "
+                            "config.json beside its safetensors weights)."]
     at.text_input(key="q_own").set_value(str(folder)).run()
     assert not at.exception and not messages(at)
     at.multiselect(key="q_bits").set_value([4])
