@@ -2,9 +2,9 @@
 
 A group of windows goes through the reference model piece by piece (embedding, each block over every window of
 the group, final norm), its pieces read from the checkpoint and dropped; then through the quantized model the
-same way; then both heads score the group batch by batch. What is held between pieces is the group's hidden
-states, so the group size follows a memory budget. The numbers are those of a whole-model forward pass
-(core.eval.quality.token_scores): the same operations, in float32, on the same batches."""
+same way; then both heads score the group HEAD_ROWS positions at a time. What is held between pieces is the
+group's hidden states, so the group size follows a memory budget. The numbers are those of a whole-model forward
+pass (core.eval.quality.token_scores): the same operations in float32, the blocks on the same batches."""
 from __future__ import annotations
 
 import copy
@@ -15,7 +15,7 @@ import numpy as np
 
 from core import runtime
 from core.eval.parallel import map_batches
-from core.eval.quality import Progress
+from core.eval.quality import DEFAULT_BATCH, SCORE_NAMES, Progress, token_losses
 from core.models.lm import Chain
 from core.quant.footprint import HEAD_ROWS, window_group
 from core.quant.layers import float_copy, module_at
@@ -38,7 +38,7 @@ def token_scores(chain: Chain, model, windows: np.ndarray, reference=None, batch
     asked, freed when dropped) of the model `chain` describes."""
     n, ctx = windows.shape
     first = ctx // 2
-    batch_size = batch_size or (2 if runtime.backend() == "cpu" else 8)
+    batch_size = batch_size or DEFAULT_BATCH.get(runtime.backend(), 8)
     per_group = window_group(ctx, chain.inner.norm.weight.shape[-1])
     step = progress or (lambda fraction, message: None)
     out: dict[str, list] = {}
@@ -97,15 +97,10 @@ def _score(chain: Chain, model, reference, hidden: dict, targets: np.ndarray) ->
 
     def score(i: int):
         target = mx.array(flat_targets[i:i + HEAD_ROWS])[:, None]
-        logp = logprobs("model", flat["model"][i:i + HEAD_ROWS])
-        loss = -mx.take_along_axis(logp, target, axis=-1).squeeze(-1)
-        if reference is None:
-            return (loss,)
-        ref_logp = logprobs("reference", flat["reference"][i:i + HEAD_ROWS])
-        kl = (mx.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1)
-        return loss, kl, -mx.take_along_axis(ref_logp, target, axis=-1).squeeze(-1)
+        ref_logp = None if reference is None else logprobs("reference", flat["reference"][i:i + HEAD_ROWS])
+        return token_losses(logprobs("model", flat["model"][i:i + HEAD_ROWS]), target, ref_logp)
 
-    names = ("loss",) if reference is None else ("loss", "kl", "reference_loss")
+    names = SCORE_NAMES[:1] if reference is None else SCORE_NAMES
     scored = list(map_batches(score, range(0, flat_targets.size, HEAD_ROWS)))
     return {name: np.concatenate([np.array(parts[k]) for parts in scored]).reshape(targets.shape)
             for k, name in enumerate(names)}

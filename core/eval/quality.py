@@ -99,6 +99,21 @@ def scored_logprobs(model: nn.Module, batch: mx.array, first: int) -> mx.array:
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
+SCORE_NAMES = ("loss", "kl", "reference_loss")
+DEFAULT_BATCH = {"cpu": 2}  # windows per scoring batch: on a CPU 2 per stream measured fastest; 8 elsewhere
+
+
+def token_losses(logp: mx.array, targets: mx.array, ref_logp: mx.array | None = None) -> tuple[mx.array, ...]:
+    """From log-probabilities over the vocabulary and the targets ([..., 1] indices): the negative log-likelihood
+    of each target, and with the reference's log-probabilities also KL(reference || model) and the reference's
+    own negative log-likelihood (SCORE_NAMES, in that order)."""
+    loss = -mx.take_along_axis(logp, targets, axis=-1).squeeze(-1)
+    if ref_logp is None:
+        return (loss,)
+    kl = (mx.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1)
+    return loss, kl, -mx.take_along_axis(ref_logp, targets, axis=-1).squeeze(-1)
+
+
 def token_scores(model: nn.Module, windows: np.ndarray, reference: nn.Module | None = None,
                  batch_size: int | None = None, progress: Progress | None = None,
                  ordered: bool = True) -> dict[str, np.ndarray]:
@@ -108,26 +123,23 @@ def token_scores(model: nn.Module, windows: np.ndarray, reference: nn.Module | N
     (the bench's ppl-kl section measures both)."""
     n_chunks, ctx = windows.shape
     first = ctx // 2
-    batch_size = batch_size or (2 if runtime.backend() == "cpu" else 8)  # CPU: 2 per stream measured fastest
+    batch_size = batch_size or DEFAULT_BATCH.get(runtime.backend(), 8)
 
     def score(rows: np.ndarray) -> tuple[mx.array, ...]:
         batch = mx.array(rows)
         targets = batch[:, first + 1:, None]
         if reference is None:
-            logp = scored_logprobs(model, batch, first)
-            return (-mx.take_along_axis(logp, targets, axis=-1).squeeze(-1),)
+            return token_losses(scored_logprobs(model, batch, first), targets)
         ref_logp = scored_logprobs(reference, batch, first)
         # The model's pass starts once the reference's is done: left to itself, the lazy graph interleaves the two
         # forward passes, and with both models' activations alive at once a CPU ran the pair far slower than one
         # after the other (the bench's ppl-kl section measures it).
         logp = scored_logprobs(model, mx.depends(batch, ref_logp) if ordered else batch, first)
-        kl = (mx.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1)
-        return (-mx.take_along_axis(logp, targets, axis=-1).squeeze(-1), kl,
-                -mx.take_along_axis(ref_logp, targets, axis=-1).squeeze(-1))
+        return token_losses(logp, targets, ref_logp)
 
     batches = [windows[start:start + batch_size] for start in range(0, n_chunks, batch_size)]
     scored = list(map_batches(score, batches, progress=progress, message="scoring chunks"))
-    names = ("loss",) if reference is None else ("loss", "kl", "reference_loss")
+    names = SCORE_NAMES[:1] if reference is None else SCORE_NAMES
     width = ctx - first - 1
     return {name: (np.concatenate([np.array(parts[i]) for parts in scored]) if scored else
                    np.zeros((0, width), np.float32)).astype(np.float32) for i, name in enumerate(names)}

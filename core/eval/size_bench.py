@@ -29,6 +29,11 @@ GPU_LIMIT_GB = 16  # off a CPU the lab's runs are held to a 16 GB Mac's budget (
 CALIB = 32  # GPTQ's and AWQ's default calibration chunks of 512 tokens (core.quant.calibration)
 
 
+def memory_goal(shape: footprint.Shape, spec: QuantSpec) -> float:
+    """The CPU goal for a whole run's peak: the quantized model + half the bfloat16 model + 1 GiB."""
+    return footprint.model_bytes(shape, spec, "float32") + shape.parameters() * 2 / 2 + 2**30
+
+
 def shape_for_backend() -> str:
     return "llama-3.2-1b" if runtime.backend() == "cpu" else "llama-3.1-8b"
 
@@ -71,8 +76,7 @@ def _lab_rows(folder: Path, shape: footprint.Shape, subject: str, windows: int, 
     """The lab's eval (perplexity + KL on `windows` chunks) and export of the model at 4 bits, group 64, each with
     its predicted and measured peak; off a CPU under --memory-limit 16."""
     spec = QuantSpec(4, 64).validated()
-    quantized = footprint.model_bytes(shape, spec, "float32")
-    bound = quantized + shape.parameters() * 2 / 2 + 2**30  # the goal: quantized + half of bfloat16 + 1 GiB
+    bound = memory_goal(shape, spec)
     on_cpu, parallel = runtime.backend() == "cpu", parallel_steps()
     flags = ["--q-bits", "4", "--q-group-size", "64", *([] if on_cpu else ["--memory-limit", str(GPU_LIMIT_GB)])]
     goal = bound if on_cpu else GPU_LIMIT_GB * GB

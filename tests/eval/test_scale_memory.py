@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO, needs_mirror
 from core.eval.measured import parse
 from core.eval.parallel import parallel_steps
+from core.eval.size_bench import memory_goal
 from core.models.synthetic import make_random_lm
 from core.quant import footprint
 from core.quant.spec import QuantSpec
@@ -32,7 +33,7 @@ def test_evaluation_peak_is_bounded_and_predicted_within_15_percent(small_model)
     shape = footprint.Shape.from_config(json.loads((small_model / "config.json").read_text()))
     spec = QuantSpec(4, 64).validated()
     predicted = {f.stage: f.peak_bytes for f in footprint.predict(shape, spec, windows=2, parallel=parallel_steps())}["evaluate"]
-    bound = footprint.model_bytes(shape, spec, "float32") + shape.parameters() * 2 / 2 + 2**30
+    bound = memory_goal(shape, spec)
     proc = _eval(small_model, "--memory-limit", f"{bound / GB:.3f}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     row, peak = json.loads(proc.stdout), parse(proc.stderr)
