@@ -37,12 +37,13 @@ FACTOR_BLOCK = 1024  # the inverse's factorisation: blocks factored on the CPU, 
 SUB = 16  # inside a group, columns updated eagerly together (a tile that stays in cache); divides every group size
 
 
-def gptq_matrix(w: mx.array, hessian, spec: QuantSpec) -> tuple[mx.array, mx.array, mx.array]:
+def gptq_matrix(w: mx.array, hessian, spec: QuantSpec, factor: mx.array | None = None
+                ) -> tuple[mx.array, mx.array, mx.array]:
     """Packed (weight, scales, biases) of a [rows, K] weight, K divisible by the group size, given the Hessian
-    proxy H = sum x x^T [K, K] of its inputs (an mx.array or a NumPy array). Columns whose input is always zero
-    (padding) are quantized as is."""
+    proxy H = sum x x^T [K, K] of its inputs (an mx.array or a NumPy array), or its `factor` (inverse_factor)
+    where layers fed the same inputs share it. Columns whose input is always zero (padding) are quantized as is."""
     group, K = spec.group_size, w.shape[1]
-    U = inverse_factor(hessian)
+    U = inverse_factor(hessian) if factor is None else factor
     step, levels = _group_step(group, stored_dtype(spec)), mx.array(2**spec.bits - 1, mx.float32)
     tail = w.astype(mx.float32)  # the columns not swept yet, corrected for every column swept so far
     q, scales, biases = [], [], []
@@ -155,16 +156,28 @@ def _group_step(group: int, stored: mx.Dtype):
 
 
 class HessianCatcher(nn.Module):
-    """Stands in for a layer: accumulates X^T X of its inputs (as rows, via `to_rows`), then calls the layer."""
+    """Stands in for a layer: accumulates X^T X of its inputs (as rows, via `to_rows`), then calls the layer.
+    Catchers given one `shared` dict reuse each other's product when called on the very same input array in a
+    row (q, k and v of one attention; gate and up of one MLP): that layer follows the first one (`leader`)."""
 
-    def __init__(self, layer: nn.Module, to_rows):
+    def __init__(self, layer: nn.Module, to_rows, shared: dict | None = None):
         super().__init__()
         self.layer = layer
         self._to_rows = to_rows
+        self._shared = shared
         self._h, self._count = None, 0
+        self.leader = self  # the catcher whose Hessian this one's equals
 
     def __call__(self, x, *args, **kwargs):
-        self._add(self._to_rows(x).astype(mx.float32))
+        last = self._shared.get("last") if self._shared is not None else None
+        if last is not None and last[0] is x and self._count == 0 and last[1].leader is last[1]:
+            self.leader = last[1]  # the same input as the layer called just before: its Hessian is ours
+        elif self.leader is not self and (last is None or last[0] is not x):
+            raise LabError("GPTQ: a layer that shared its inputs with the one before stopped doing so.")
+        if self.leader is self:
+            self._add(self._to_rows(x).astype(mx.float32))
+            if self._shared is not None:
+                self._shared["last"] = (x, self)
         return self.layer(x, *args, **kwargs)
 
     def _add(self, rows: mx.array) -> None:
@@ -173,6 +186,8 @@ class HessianCatcher(nn.Module):
         mx.eval(self._h)
 
     def hessian(self) -> mx.array:
+        if self.leader is not self:
+            return self.leader.hessian()
         return self._h / max(self._count, 1)
 
 
@@ -263,14 +278,18 @@ def gptq_block(block: nn.Module, prefix: str, x: mx.array, mask, spec: QuantSpec
               if isinstance(m, nn.Linear) and prefix + p not in keep}
     local = [p for p, s in chosen.items()
              if not s.full_precision and module_at(block, p).weight.shape[1] % s.group_size == 0]
-    catchers = {p: HessianCatcher(module_at(block, p), lambda v: v.reshape(-1, v.shape[-1])) for p in local}
+    shared = {}
+    catchers = {p: HessianCatcher(module_at(block, p), lambda v: v.reshape(-1, v.shape[-1]), shared) for p in local}
     for p, c in catchers.items():
         swap(block, p, c)
     for i in range(0, x.shape[0], batch):
         mx.eval(block(x[i:i + batch], mask))
-    packed = {}
+    shared.clear()
+    packed, factors = {}, {}
     for p, c in catchers.items():
         swap(block, p, c.layer)
-        packed[prefix + p] = gptq_matrix(c.layer.weight, c.hessian(), chosen[p])
+        if id(c.leader) not in factors:
+            factors[id(c.leader)] = inverse_factor(c.hessian())
+        packed[prefix + p] = gptq_matrix(c.layer.weight, None, chosen[p], factors[id(c.leader)])
         c.layer.weight = dequantize_matrix(*packed[prefix + p], chosen[p], c.layer.weight.dtype)
     return packed

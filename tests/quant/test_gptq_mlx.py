@@ -114,3 +114,35 @@ def test_the_blocked_inverse_factor_equals_the_direct_one(monkeypatch):
     blocked = gptq.inverse_factor(h)
     assert blocked.shape == (300, 300)
     np.testing.assert_allclose(np.array(blocked), np.array(direct), rtol=1e-3, atol=1e-4 * float(mx.abs(direct).max()))
+
+
+def test_layers_fed_the_same_input_share_one_hessian_and_give_what_their_own_would():
+    """q, k, v (and gate, up) read one input: gptq_block computes its X^T X and inverse factor once for them, and
+    every layer's integers are those of a sweep on its own Hessian."""
+    from mlx_lm.models.base import create_attention_mask
+    from mlx_lm.models.llama import ModelArgs, TransformerBlock
+
+    from core.models.synthetic import shape_config
+    from core.quant.gptq import HessianCatcher, gptq_block
+    from core.quant.layers import module_at, swap
+
+    mx.random.seed(3)
+    args = ModelArgs.from_dict({**shape_config("tiny"), "model_type": "llama"})
+    block, spec = TransformerBlock(args), QuantSpec(4, 64).validated()
+    x = mx.random.normal((4, 32, args.hidden_size))
+    mask = create_attention_mask(x, None)
+    paths = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    own = {p: HessianCatcher(module_at(block, p), lambda v: v.reshape(-1, v.shape[-1])) for p in paths}
+    for p, c in own.items():
+        swap(block, p, c)
+    for i in range(0, 4, 2):
+        mx.eval(block(x[i:i + 2], mask))
+    for p, c in own.items():
+        swap(block, p, c.layer)
+    hessians = {p: c.hessian() for p, c in own.items()}
+    weights = {p: module_at(block, p).weight for p in paths}
+    packed = gptq_block(block, "b.", x, mask, spec, set(), batch=2)
+    for p in paths:  # one pass over the float block gives every Hessian, so all seven compare
+        for ours, theirs in zip(packed["b." + p], gptq_matrix(weights[p], hessians[p], spec)):
+            assert mx.array_equal(ours, theirs), p
