@@ -44,6 +44,18 @@ def read_image(data: bytes) -> Image.Image:
     return _to_rgb(ImageOps.exif_transpose(image))
 
 
+def pixel_count(data: bytes) -> int:
+    """Width x height from the file's header (nothing decoded); 0 where the header cannot be read, which
+    read_image then reports in words."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = Image.open(io.BytesIO(data)).size
+        return width * height
+    except Exception:  # any unreadable header: read_image says what is wrong
+        return 0
+
+
 def _check_header(image: Image.Image) -> None:
     """Format and size from the header, before any pixel is decoded."""
     if image.format not in ("PNG", "JPEG", "MPO"):  # MPO: a JPEG with extra pictures, as phone cameras write

@@ -2,25 +2,22 @@
 `json_object`, any JSON object). outlines-core turns the schema into a regular expression and the regular
 expression into an index over the tokenizer's vocabulary (which tokens may follow in each automaton state);
 a logits processor masks every other token at each step. Indexes are built once per (tokenizer, schema) and
-kept, since building one for a general schema takes seconds."""
+kept, since building one for a general schema takes seconds; building is bounded (core.deploy.schema_index)."""
 from __future__ import annotations
 
 import json
-import threading
 from collections import OrderedDict
 
 import mlx.core as mx
 
+from core.deploy import schema_index
+from core.deploy.schema_index import SchemaError
 from core.deploy.scoring import byte_decoder
-from core.errors import LabError
 
 ANY_OBJECT = {"type": "object"}
 MAX_SCHEMA_CHARS = 16_000
 MAX_INDEXES = 16
-
-
-class SchemaError(LabError):
-    """A schema that cannot be enforced."""
+MAX_INDEX_BYTES = 512 * 1024**2
 
 
 def _vocabulary(tokenizer):
@@ -38,39 +35,39 @@ def _vocabulary(tokenizer):
 
 
 class IndexCache:
-    """Indexes by (tokenizer, schema), least recently used dropped beyond MAX_INDEXES; safe from any thread."""
+    """Indexes by (tokenizer, schema), least recently used dropped beyond MAX_INDEXES or MAX_INDEX_BYTES (their
+    pickled size stands for their memory); built by core.deploy.schema_index with bounded work."""
 
-    def __init__(self):
-        self._lock = threading.Lock()
+    def __init__(self, build_timeout_s: float = schema_index.BUILD_TIMEOUT_S):
+        self.build_timeout_s = build_timeout_s
         self._vocabularies: dict[int, object] = {}
-        self._indexes: OrderedDict[tuple[int, str], object] = OrderedDict()
+        self._indexes: OrderedDict[tuple[int, str], tuple[object, int]] = OrderedDict()
 
-    def index(self, tokenizer, schema: dict | None):
-        from outlines_core import Index
+    async def index(self, tokenizer, schema: dict | None):
+        """The index for `schema` (None: any JSON object); SchemaError in words for one that cannot be enforced
+        or is too large to. Cancelling the awaiting task stops a build in progress."""
         from outlines_core.json_schema import build_regex_from_schema
 
         text = json.dumps(ANY_OBJECT if schema is None else schema, sort_keys=True)
         if len(text) > MAX_SCHEMA_CHARS:
             raise SchemaError(f"The JSON schema is {len(text)} characters long; the limit is {MAX_SCHEMA_CHARS}.")
         key = (id(tokenizer), text)
-        with self._lock:
-            if key in self._indexes:
-                self._indexes.move_to_end(key)
-                return self._indexes[key]
-            try:
-                regex = build_regex_from_schema(text)
-            except Exception as e:  # the library's own error types for schemas it cannot express
-                raise SchemaError(f"This JSON schema cannot be enforced: {e}") from e
-            if id(tokenizer) not in self._vocabularies:
-                self._vocabularies[id(tokenizer)] = _vocabulary(tokenizer)
-            try:
-                index = Index(regex, self._vocabularies[id(tokenizer)])
-            except Exception as e:
-                raise SchemaError(f"This JSON schema cannot be enforced with this model's vocabulary: {e}") from e
-            self._indexes[key] = index
-            while len(self._indexes) > MAX_INDEXES:
-                self._indexes.popitem(last=False)
-            return index
+        if key in self._indexes:
+            self._indexes.move_to_end(key)
+            return self._indexes[key][0]
+        try:
+            regex = build_regex_from_schema(text)
+        except Exception as e:  # the library's own error types for schemas it cannot express
+            raise SchemaError(f"This JSON schema cannot be enforced: {e}") from e
+        schema_index.check_size(regex)
+        if id(tokenizer) not in self._vocabularies:
+            self._vocabularies[id(tokenizer)] = _vocabulary(tokenizer)
+        index, size = await schema_index.build(regex, self._vocabularies[id(tokenizer)], self.build_timeout_s)
+        self._indexes[key] = (index, size)
+        while len(self._indexes) > MAX_INDEXES or (
+                len(self._indexes) > 1 and sum(n for _, n in self._indexes.values()) > MAX_INDEX_BYTES):
+            self._indexes.popitem(last=False)
+        return index
 
 
 class JsonConstraint:

@@ -4,22 +4,40 @@ the chat template's own markers stay control tokens. `allow_special=True` turns 
 choice, never a request's)."""
 from __future__ import annotations
 
+import math
 import secrets
 
 from core.errors import LabError
 
 MAX_PROMPT_CHARS = 4000
-MAX_PROMPT_TOKENS = 1024
+MAX_PROMPT_TOKENS = 1024  # the dashboard's chat; a server derives its own (prompt_limit)
+CHARS_PER_TOKEN = 8  # text longer than this many characters a token is refused before tokenizing it
+UNKNOWN_CONTEXT = 2048  # a model whose config names no context length
+
+
+def context_length(model) -> int:
+    """The model's context length from its config (UNKNOWN_CONTEXT when it names none)."""
+    return getattr(getattr(model, "args", None), "max_position_embeddings", None) or UNKNOWN_CONTEXT
+
+
+def prompt_limit(model, memory_budget_bytes: int, cap: int | None = None) -> int:
+    """The longest prompt a server takes for `model`: its context length, at most what one forward pass over the
+    prompt can hold within a quarter of the memory budget (the attention scores, heads x n x n in float32, are
+    what grows fastest), and at most `cap` (an operator's flag)."""
+    context = context_length(model)
+    heads = getattr(getattr(model, "args", None), "num_attention_heads", None) or 32
+    by_memory = math.isqrt(max(memory_budget_bytes, 0) // (4 * 4 * heads))
+    return max(1, min(context, by_memory, cap or context))
 
 
 def chat_prompt_tokens(tokenizer, messages: list[dict], allow_special: bool = False,
-                       template_extras: dict | None = None) -> list[int]:
-    """The chat template applied to the messages, with the assistant turn opened; checked for size.
-    `template_extras` are passed to the template (e.g. tools)."""
+                       template_extras: dict | None = None, limit: int = MAX_PROMPT_TOKENS) -> list[int]:
+    """The chat template applied to the messages, with the assistant turn opened; checked for size (at most
+    `limit` tokens). `template_extras` are passed to the template (e.g. tools)."""
     if not messages or not all(isinstance(m.get("content"), str) for m in messages):
         raise LabError("A prompt needs at least one message with text.")
-    _check_text(messages[-1]["content"], _chars(messages))
-    return _checked_length(_chat_tokens(tokenizer, messages, allow_special, template_extras))
+    _check_text(messages[-1]["content"], _chars(messages), limit)
+    return _checked_length(_chat_tokens(tokenizer, messages, allow_special, template_extras), limit)
 
 
 def conversation_prompt_tokens(tokenizer, conversations: list[list[dict]]) -> tuple[list[list[int]], int]:
@@ -41,20 +59,21 @@ def conversation_prompt_tokens(tokenizer, conversations: list[list[dict]]) -> tu
     return alone, turns
 
 
-def completion_prompt_tokens(tokenizer, text: str, allow_special: bool = False) -> list[int]:
+def completion_prompt_tokens(tokenizer, text: str, allow_special: bool = False,
+                             limit: int = MAX_PROMPT_TOKENS) -> list[int]:
     """A plain-text prompt as tokens, checked like a chat prompt."""
-    _check_text(text, len(text))
-    return _checked_length(_encode_text(tokenizer, text, allow_special))
+    _check_text(text, len(text), limit)
+    return _checked_length(_encode_text(tokenizer, text, allow_special), limit)
 
 
-def checked_token_prompt(tokens: list[int], vocab_size: int) -> list[int]:
+def checked_token_prompt(tokens: list[int], vocab_size: int, limit: int = MAX_PROMPT_TOKENS) -> list[int]:
     """A prompt given as token ids (how lm-evaluation-harness sends them): in the vocabulary and not too long."""
     if not tokens:
         raise LabError("The prompt is empty; send at least one token.")
     bad = next((t for t in tokens if not 0 <= t < vocab_size), None)
     if bad is not None:
         raise LabError(f"Token id {bad} is outside the vocabulary (0 to {vocab_size - 1}).")
-    return _checked_length(tokens)
+    return _checked_length(tokens, limit)
 
 
 def _chat_tokens(tokenizer, messages: list[dict], allow_special: bool, extras: dict | None) -> list[int]:
@@ -114,14 +133,15 @@ def _tokens_with_plain_contents(tokenizer, messages: list[dict], extras: dict | 
     return tokens
 
 
-def _check_text(last: str, chars: int) -> None:
+def _check_text(last: str, chars: int, limit: int = MAX_PROMPT_TOKENS) -> None:
     if not last.strip():
         raise LabError("The prompt is empty; type something to send.")
-    if chars > MAX_PROMPT_CHARS:
-        raise LabError(f"The prompt is {chars} characters long; the limit is {MAX_PROMPT_CHARS}.")
+    most = max(MAX_PROMPT_CHARS, CHARS_PER_TOKEN * limit)
+    if chars > most:
+        raise LabError(f"The prompt is {chars} characters long; the limit is {most}.")
 
 
-def _checked_length(tokens) -> list[int]:
-    if len(tokens) > MAX_PROMPT_TOKENS:
-        raise LabError(f"The prompt is {len(tokens)} tokens long; the limit is {MAX_PROMPT_TOKENS}.")
+def _checked_length(tokens, limit: int = MAX_PROMPT_TOKENS) -> list[int]:
+    if len(tokens) > limit:
+        raise LabError(f"The prompt is {len(tokens)} tokens long; the limit is {limit}.")
     return list(tokens)

@@ -1,6 +1,6 @@
 """What one generation request is and what it hears back, independent of how it is scheduled: the request,
 its events (text with log-probabilities, the end, a failure), the handle that cancels it, and the per-request
-text state (streaming detokenizer, stop strings held back until they cannot match)."""
+text state (exact streaming detokenizer, stop strings held back until they cannot match)."""
 from __future__ import annotations
 
 import queue
@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from core.deploy.detokenize import ExactDetokenizer
 from core.deploy.sampling import SamplingSettings, TokenLogprob
 
 
@@ -26,10 +27,12 @@ class TextRequest:
 
 @dataclass
 class Text:
-    """New text; `logprobs` has one entry per token whose text this is (when asked for)."""
+    """New text; `logprobs` has one entry per token whose text this is (when asked for), and `offsets` where each
+    of those tokens starts in the request's whole generated text."""
 
     text: str
     logprobs: list[TokenLogprob]
+    offsets: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -99,10 +102,10 @@ class LiveRequest:
 
     def __init__(self, request: TextRequest, handle: Handle, tokenizer, admitted: float):
         self.request, self.handle = request, handle
-        self.detokenizer = tokenizer.detokenizer
+        self.detokenizer = ExactDetokenizer(tokenizer)
         self.eos = set(tokenizer.eos_token_ids)
         self.scanner = StopScanner(request.stop)
-        self.tokens, self.pending = 0, []
+        self.tokens, self.pending, self.offsets = 0, [], []
         self.admitted, self.first, self.last = admitted, None, None
 
     def on_token(self, token: int, logprob: TokenLogprob | None, finish: str | None) -> str | None:
@@ -110,19 +113,21 @@ class LiveRequest:
         now = time.perf_counter()
         self.first = self.first or now
         end_of_text = token in self.eos
+        segment = ""
         if not end_of_text:  # the end-of-text token is not counted, so its step's time is not either
             self.tokens += 1
             self.last = now
-            self.detokenizer.add_token(token)
+            segment = self.detokenizer.add_token(token)
             if logprob is not None:
                 self.pending.append(logprob)
-        if finish or end_of_text:
-            self.detokenizer.finalize()
+                self.offsets.append(self.detokenizer.offsets[-1])
         done = bool(finish or end_of_text)
-        text, stopped = self.scanner.feed(self.detokenizer.last_segment, final=done)
+        if done:
+            segment += self.detokenizer.finalize()
+        text, stopped = self.scanner.feed(segment, final=done)
         if text or (self.pending and (stopped or done)):
-            self.handle.deliver(Text(text, self.pending))
-            self.pending = []
+            self.handle.deliver(Text(text, self.pending, self.offsets))
+            self.pending, self.offsets = [], []
         if stopped or end_of_text:
             return "stop"
         return finish

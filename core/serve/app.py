@@ -9,6 +9,7 @@ name is only looked up among them, never used as a path. This module wires the p
 (core.deploy.engines), metrics, the request guard and error handlers."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -21,19 +22,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.deploy.classify import MAX_UPLOAD_BYTES
+from core.deploy.classify import MAX_MEGAPIXELS, MAX_UPLOAD_BYTES
 from core.deploy.constrained import IndexCache
 from core.deploy.generate import MAX_NEW_TOKENS
 from core.errors import LabError
 from core.models.registry import default_vision_model
 from core import runtime
 from core.runtime import resolve_dtype
-from core.serve import completions, routes
+from core.serve import completions, connections, routes
 from core.deploy.engines import Engines, ModelPool, UnknownModel
 from core.serve.metrics import Metrics
 from core.serve.openai import ApiError, error_body
 
 log = logging.getLogger("mlxq.serve")
+JSON_ROUTES = {"/v1/chat/completions", "/v1/completions"}
 KNOWN_PATHS = {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/classify"}
 
 
@@ -59,6 +61,12 @@ class ServeSettings:
     max_vision_queue: int = 256  # images waiting for the vision lane; more get 429
     request_timeout_s: float | None = None  # per-request deadline: generation stops, the answer is 408
     allow_special_tokens: bool = False  # parse control tokens in user text (off: typed text stays text)
+    max_decoding_megapixels: int = 2 * MAX_MEGAPIXELS  # images decoded at once, all requests together
+    max_prompt_tokens: int | None = None  # default: each model's context, within what the memory budget holds
+    body_timeout_s: float = 30.0  # a body slower than this (or shorter than its Content-Length) gets 408
+    header_timeout_s: float = 10.0  # a connection that has not sent a request's headers by then is closed
+    keep_alive_s: int = 5  # an idle connection between requests is closed after this
+    shutdown_grace_s: int = 5  # on SIGTERM, in-flight requests get this long before the process exits
 
 
 def error_response(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
@@ -92,15 +100,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.settings, app.state.engines, app.state.metrics = settings, engines, Metrics()
     app.state.token_names = {}
     app.state.json_indexes = IndexCache()
+    app.state.pixels = routes.PixelBudget(settings.max_decoding_megapixels * 10**6)
     _add_error_handlers(app)
     app.include_router(routes.router)
     app.include_router(completions.router)
     app.add_middleware(Guard, settings=settings, metrics=app.state.metrics)
     return app
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class Guard:
@@ -124,10 +129,17 @@ class Guard:
 
         try:
             self._check_key(route, scope)
-            body = await self._read_body(route, scope, receive)
+            body = await asyncio.wait_for(self._read_body(route, scope, receive), self.settings.body_timeout_s)
+            if route in JSON_ROUTES:
+                scope = _as_json(scope)
             await self.app(scope, _replay(body, receive), counted_send)
         except ApiError as e:
             await self._answer(api_error_response(e), status, scope, receive, counted_send)
+        except asyncio.TimeoutError:
+            await self._answer(error_response(408, f"The request body did not arrive within "
+                                                   f"{self.settings.body_timeout_s:g} s.", code="body_timeout",
+                                              kind="timeout_error", headers={"Connection": "close"}),
+                               status, scope, receive, counted_send)
         except Exception as e:
             await self._answer(_internal(e), status, scope, receive, counted_send)
         label = route if route in KNOWN_PATHS else ("/v1/models/{id}" if route.startswith("/v1/models/") else "other")
@@ -140,8 +152,9 @@ class Guard:
 
     def _check_key(self, route: str, scope) -> None:
         if self.settings.api_key and (route.startswith("/v1/") or route == "/metrics"):
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, f"Bearer {self.settings.api_key}".encode()):
+            scheme, _, given = dict(scope.get("headers") or []).get(b"authorization", b"").partition(b" ")
+            # the scheme is case-insensitive (RFC 9110); the key is compared in constant time
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.settings.api_key.encode()):
                 raise ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
                                "invalid_api_key")
 
@@ -163,6 +176,13 @@ class Guard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _as_json(scope) -> dict:
+    """The JSON routes read their body as JSON whatever Content-Type the client sent (curl -d sends a form type;
+    OpenAI's API reads JSON regardless): a body that is not JSON is then refused as such."""
+    headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
+    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
 
 
 def _replay(body: bytes, receive):
@@ -240,4 +260,8 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, ba
     app = create_app(settings)
     if banner:
         print(banner, file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)
+    protocol = connections.guarded_protocol(settings.header_timeout_s)
+    # SIGTERM: no new connections, in-flight requests get `shutdown_grace_s` to finish, then the engines stop
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=settings.keep_alive_s,
+                http=protocol or "auto", limit_concurrency=connections.connection_cap(
+                    connections.raise_descriptor_limit()), timeout_graceful_shutdown=settings.shutdown_grace_s)

@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from core.deploy import prompts, scoring
 from core.deploy.batching import QueueFull
 from core.deploy.constrained import JsonConstraint, SchemaError
+from core.deploy.detokenize import decode_with_offsets
 from core.deploy.streams import Failed, Finished, Handle, Text, TextRequest
 from core.serve import openai, tools
 from core.serve.openai import ApiError
@@ -31,6 +32,7 @@ class Outcome:
 
     text: str = ""
     logprobs: list = field(default_factory=list)
+    offsets: list = field(default_factory=list)  # each logprob's token's start in `text`
     end: Finished | None = None
 
 
@@ -38,9 +40,22 @@ def _engines(request: Request):
     return request.app.state.engines
 
 
-async def _on_engine(request: Request, fn):
-    """`fn()` on the text engine's thread between steps, awaited without blocking the event loop."""
-    return await asyncio.wrap_future(_engines(request).text.call(fn))
+async def _on_engine(request: Request, fn, deadline: float | None = None):
+    """`fn()` on the text engine's thread between steps (tokenizing; loading a model on first use), awaited
+    without blocking the event loop; past the request's `deadline` the client gets its 408 at once (a load in
+    progress still finishes, for the next request)."""
+    future = asyncio.wrap_future(_engines(request).text.call(fn))
+    if deadline is None:
+        return await future
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), max(deadline - time.monotonic(), 0))
+    except asyncio.TimeoutError:
+        raise _deadline_error() from None
+
+
+def _deadline_error() -> ApiError:
+    return ApiError(408, "The request passed its deadline (--request-timeout) before it finished.",
+                    "deadline_exceeded", kind="timeout_error")
 
 
 def _language_model(request: Request, model_id: str, sampling=None):
@@ -59,6 +74,18 @@ def _check_bias(bias: dict[int, float], vocabulary: int, model_id: str) -> None:
     if largest >= vocabulary:
         raise ApiError(400, f"logit_bias names token {largest}, but {model_id} has {vocabulary} tokens "
                             f"(ids 0 to {vocabulary - 1}).", param="logit_bias")
+
+
+def _prompt_limit(deployed, settings) -> int:
+    return prompts.prompt_limit(deployed.model, settings.memory_budget_bytes, settings.max_prompt_tokens)
+
+
+def _fits_context(deployed, prompt_tokens: int, max_tokens: int) -> None:
+    context = prompts.context_length(deployed.model)
+    if prompt_tokens + max_tokens > context:
+        raise ApiError(400, f"This model's context is {context} tokens, and the request asks for "
+                            f"{prompt_tokens + max_tokens} ({prompt_tokens} in the prompt, {max_tokens} to generate): "
+                            "shorten the prompt or lower max_tokens.", "context_length_exceeded", param="max_tokens")
 
 
 def _names(request: Request, model_id: str, tokenizer) -> scoring.TokenNames:
@@ -102,6 +129,7 @@ async def _collect(request: Request, text_request: TextRequest) -> Outcome:
             if isinstance(event, Text):
                 outcome.text += event.text
                 outcome.logprobs += event.logprobs
+                outcome.offsets += event.offsets
             elif isinstance(event, Failed):
                 raise ApiError(500, event.message, "generation_failed", kind="server_error")
             else:
@@ -114,8 +142,7 @@ async def _collect(request: Request, text_request: TextRequest) -> Outcome:
 
 def _checked(outcome: Outcome) -> Outcome:
     if outcome.end.reason == "deadline":
-        raise ApiError(408, "The request passed its deadline (--request-timeout) before it finished.",
-                       "deadline_exceeded", kind="timeout_error")
+        raise _deadline_error()
     return outcome
 
 
@@ -130,13 +157,16 @@ async def chat(body: ChatRequest, request: Request):
     def prepare():
         deployed = _language_model(request, model_id, params.sampling)
         extras = tools.template_extras(deployed.tokenizer, body)
-        tokens = prompts.chat_prompt_tokens(deployed.tokenizer, messages, settings.allow_special_tokens, extras)
+        tokens = prompts.chat_prompt_tokens(deployed.tokenizer, messages, settings.allow_special_tokens, extras,
+                                            _prompt_limit(deployed, settings))
+        _fits_context(deployed, len(tokens), params.max_tokens)
         return deployed, tokens
 
-    deployed, prompt = await _on_engine(request, prepare)
+    deadline = _deadline(request)
+    deployed, prompt = await _on_engine(request, prepare, deadline)
     top = (body.top_logprobs or 0) if body.logprobs else None
     text_request = TextRequest(model_id, prompt, params.max_tokens, params.sampling, params.stop, top,
-                               _deadline(request), await _constraints(request, deployed.tokenizer, body))
+                               deadline, await _constraints(request, deployed.tokenizer, body))
     names = _names(request, model_id, deployed.tokenizer).name
     completion = openai.Completion.new(model_id, chat=True)
     if body.stream:
@@ -154,7 +184,7 @@ async def _constraints(request: Request, tokenizer, body: ChatRequest) -> tuple:
     if not tools.wants_json(body):
         return ()
     try:
-        index = await asyncio.to_thread(request.app.state.json_indexes.index, tokenizer, tools.json_schema(body))
+        index = await request.app.state.json_indexes.index(tokenizer, tools.json_schema(body))
     except SchemaError as e:
         raise ApiError(400, str(e), param="response_format") from e
     return (JsonConstraint(index, tokenizer.eos_token_id),)
@@ -224,20 +254,23 @@ async def completions(body: CompletionRequest, request: Request):
 
     def prepare():
         deployed = _language_model(request, model_id, params.sampling)
-        tokenizer = deployed.tokenizer
-        token_lists = [prompts.checked_token_prompt(p, len(tokenizer)) if isinstance(p, list)
-                       else prompts.completion_prompt_tokens(tokenizer, p, settings.allow_special_tokens)
+        tokenizer, limit = deployed.tokenizer, _prompt_limit(deployed, settings)
+        token_lists = [prompts.checked_token_prompt(p, len(tokenizer), limit) if isinstance(p, list)
+                       else prompts.completion_prompt_tokens(tokenizer, p, settings.allow_special_tokens, limit)
                        for p in given]
+        for tokens in token_lists:
+            _fits_context(deployed, len(tokens), params.max_tokens)
         scores = ([scoring.score_prompt(deployed.model, t, top) for t in token_lists]
                   if body.echo and top is not None else [None] * len(token_lists))
         return deployed, token_lists, scores
 
-    deployed, token_lists, scores = await _on_engine(request, prepare)
+    deadline = _deadline(request)
+    deployed, token_lists, scores = await _on_engine(request, prepare, deadline)
     names = _names(request, model_id, deployed.tokenizer).name
     completion = openai.Completion.new(model_id, chat=False)
-    requests = [TextRequest(model_id, t, params.max_tokens, params.sampling, params.stop, top, _deadline(request))
+    requests = [TextRequest(model_id, t, params.max_tokens, params.sampling, params.stop, top, deadline)
                 for t in token_lists]
-    echoes = [deployed.tokenizer.decode(t) if body.echo else "" for t in token_lists]
+    echoes = [decode_with_offsets(deployed.tokenizer, t) if body.echo else ("", []) for t in token_lists]
     if body.stream:
         return await _stream_completion(request, completion, requests[0], echoes[0], scores[0], names, body)
     if params.max_tokens == 0:
@@ -259,37 +292,40 @@ def _prompt_list(prompt) -> list:
     return prompt
 
 
-def _completion_choice(index: int, outcome: Outcome, echo: str, prompt_tokens: list[int], scores, names,
-                       top: int | None) -> dict:
+def _completion_choice(index: int, outcome: Outcome, echo: tuple[str, list[int]], prompt_tokens: list[int], scores,
+                       names, top: int | None) -> dict:
+    """One choice: the echoed prompt (text, token offsets) then the generated text, offsets shifted past it."""
+    echo_text, echo_offsets = echo
     logprobs = None
     if top is not None:
         entries, tokens = list(outcome.logprobs), [e.token for e in outcome.logprobs]
+        offsets = [len(echo_text) + o for o in outcome.offsets]
         if scores is not None:
-            entries, tokens = [*scores, *entries], [*prompt_tokens, *tokens]
-        logprobs = openai.completion_logprobs(entries, names, tokens)
-    return {"index": index, "text": echo + outcome.text, "finish_reason": outcome.end.reason, "logprobs": logprobs}
+            entries, tokens, offsets = [*scores, *entries], [*prompt_tokens, *tokens], [*echo_offsets, *offsets]
+        logprobs = openai.completion_logprobs(entries, names, tokens, offsets)
+    return {"index": index, "text": echo_text + outcome.text, "finish_reason": outcome.end.reason,
+            "logprobs": logprobs}
 
 
-async def _stream_completion(request: Request, completion, text_request: TextRequest, echo: str, scores, names,
-                             body: CompletionRequest):
+async def _stream_completion(request: Request, completion, text_request: TextRequest, echo: tuple[str, list[int]],
+                             scores, names, body: CompletionRequest):
     top = text_request.top_logprobs
+    echo_text, echo_offsets = echo
 
-    def piece_logprobs(entries, tokens, offset):
-        return None if top is None else openai.completion_logprobs(entries, names, tokens, offset)
+    def piece_logprobs(entries, tokens, offsets):
+        return None if top is None else openai.completion_logprobs(entries, names, tokens, offsets)
 
     async def events_of(handle, events):
-        offset = len(echo)
         try:
-            if echo:
-                yield openai.sse(completion.chunk(echo, logprobs=piece_logprobs(
-                    scores or [], text_request.prompt if scores else [], 0)))
+            if echo_text:
+                yield openai.sse(completion.chunk(echo_text, logprobs=piece_logprobs(
+                    scores or [], text_request.prompt if scores else [], echo_offsets if scores else [])))
             if handle is not None:
                 async for kind, value in _stream(events):
                     if kind == "text":
                         tokens = [e.token for e in value.logprobs]
                         yield openai.sse(completion.chunk(value.text, logprobs=piece_logprobs(
-                            value.logprobs, tokens, offset)))
-                        offset += len(value.text)
+                            value.logprobs, tokens, [len(echo_text) + o for o in value.offsets])))
                     elif kind == "error":
                         yield openai.sse(value)
                         return

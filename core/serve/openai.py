@@ -77,18 +77,26 @@ def chat_logprobs(entries: list[TokenLogprob], name: TokenNamer) -> dict:
 
 
 def completion_logprobs(entries: list[TokenLogprob | None], name: TokenNamer, tokens: list[int],
-                        offset: int = 0) -> dict:
-    """The completions shape: parallel lists tokens / token_logprobs / top_logprobs / text_offset. An entry of
-    None (the first token of an echoed prompt, which nothing predicts) has logprob None."""
-    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+                        offsets: list[int]) -> dict:
+    """The completions shape: parallel lists tokens / token_logprobs / top_logprobs / text_offset, `offsets`
+    being where each token starts in the choice's text (core.deploy.detokenize). An entry of None (the first
+    token of an echoed prompt, which nothing predicts) has logprob None. A token holding part of a character is
+    named by its bytes ('bytes:\\xe2\\x82'), as OpenAI's API names it."""
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": list(offsets)}
     for token, entry in zip(tokens, entries):
-        text = name(token)[0]
-        out["tokens"].append(text)
-        out["text_offset"].append(offset)
-        offset += len(text)
+        out["tokens"].append(token_text(name, token))
         out["token_logprobs"].append(None if entry is None else entry.logprob)
-        out["top_logprobs"].append(None if entry is None else {name(t)[0]: lp for t, lp in entry.top})
+        out["top_logprobs"].append(None if entry is None else {token_text(name, t): lp for t, lp in entry.top})
     return out
+
+
+def token_text(name: TokenNamer, token: int) -> str:
+    """A token's text, or 'bytes:\\xNN...' when its bytes are not whole characters."""
+    raw = name(token)[1]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ text completions are in core.serve.completions. Handlers read the server's parts
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import PlainTextResponse
@@ -22,6 +23,32 @@ def busy(error: Exception, retry_after_s: int = 1) -> ApiError:
     """429 with Retry-After: the server is full right now, the request itself is fine."""
     return ApiError(429, str(error), "queue_full", kind="rate_limit_error",
                     headers={"Retry-After": str(retry_after_s)})
+
+
+class PixelBudget:
+    """Pixels being decoded at once, across requests: a request waits (up to `wait_s`) for its image's share,
+    then is answered 429. One image alone may always take the whole budget."""
+
+    def __init__(self, total: int, wait_s: float = 10.0):
+        self.total, self.wait_s, self.used = total, wait_s, 0
+        self._freed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def held(self, pixels: int):
+        share = min(max(pixels, 1), self.total)
+        async with self._freed:
+            try:
+                await asyncio.wait_for(self._freed.wait_for(lambda: self.used + share <= self.total), self.wait_s)
+            except asyncio.TimeoutError:
+                raise busy(RuntimeError("Too many large images are being decoded right now; retry shortly."),
+                           retry_after_s=2) from None
+            self.used += share
+        try:
+            yield
+        finally:
+            async with self._freed:
+                self.used -= share
+                self._freed.notify_all()
 
 
 @router.get("/health")
@@ -72,8 +99,10 @@ async def classify(request: Request, file: UploadFile = File(...), model: str = 
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise ApiError(413, f"The image is larger than {limit} bytes.", "request_too_large")
-    # decoding and resizing are CPU work: off the event loop, so /health and streams never stall
-    image32 = await asyncio.to_thread(lambda: vision.to_cifar_input(vision.read_image(data)))
+    # decoding and resizing are CPU work: off the event loop, so /health and streams never stall; the pixels
+    # being decoded at once are bounded across requests, since a decoded image takes many times its file's size
+    async with request.app.state.pixels.held(vision.pixel_count(data)):
+        image32 = await asyncio.to_thread(lambda: vision.to_cifar_input(vision.read_image(data)))
     try:
         future = engines.vision.submit(model, image32)
     except VisionQueueFull as e:

@@ -13,18 +13,48 @@ Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
 class Strict(BaseModel):
+    """`null` for an optional field means its default, as in OpenAI's API (client libraries send it); a required
+    field stays required. A string holding a lone surrogate (JSON allows the escape, text cannot) is refused."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            by_alias = {f.alias: name for name, f in fields.items() if f.alias}
+            optional = {k for k in data if (f := fields.get(by_alias.get(k, k))) is not None and not f.is_required()}
+            return {k: v for k, v in data.items() if not (v is None and k in optional)}
+        return data
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _whole_characters(cls, value):
+        _check_text(value)
+        return value
+
+
+def _check_text(value) -> None:
+    """Refuse a lone surrogate anywhere in a string field (nested lists and dicts too), naming the field."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the text holds a lone surrogate (an unpaired \\ud800-\\udfff escape), which is "
+                             "not a character") from None
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_text(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_text(item)
 
 
 class ContentPart(Strict):
-    type: str
-    text: str | None = None
-
-    @model_validator(mode="after")
-    def _text_only(self):
-        if self.type != "text" or self.text is None:
-            raise ValueError(f"only text content parts are served here, not {self.type!r}")
-        return self
+    type: Literal["text"]
+    text: str
 
 
 class FunctionCall(Strict):
@@ -44,6 +74,19 @@ class Message(Strict):
     name: str | None = Field(None, max_length=256)
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = Field(None, max_length=256)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts_by_name(cls, content):
+        """A content part of another type (image_url, input_audio, file ...) is refused by its name, before the
+        union's own checks would describe every way it failed."""
+        if isinstance(content, list):
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind != "text":
+                    raise ValueError(f"content parts of type {kind!r} are not served here: only 'text' parts"
+                                     if isinstance(kind, str) else "each content part is an object with a type")
+        return content
 
     @model_validator(mode="after")
     def _content_rules(self):
@@ -122,6 +165,12 @@ class Sampling(Strict):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     user: str | None = Field(None, max_length=256)  # the caller's own label for abuse tracking: accepted
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self):
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream: true")
+        return self
 
     @field_validator("n")
     @classmethod

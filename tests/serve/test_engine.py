@@ -174,17 +174,22 @@ def test_classification_does_not_wait_behind_text_generation(server):
 
 def test_a_request_past_its_deadline_is_408(tmp_path):
     with api_server(["--models", LM, "--request-timeout", "1"], tmp_path) as url:
+        def short():
+            return httpx.post(f"{url}/v1/completions", timeout=120,
+                              json={"model": LM, "prompt": "Hi", "max_tokens": 2}).status_code
+
+        start = time.monotonic()
+        first = short()  # loads the model: past the deadline, the client hears so then, not after the load
+        assert first in (200, 408) and time.monotonic() - start < 4, (first, time.monotonic() - start)
+        codes = [short() for _ in range(5)]  # the load went on: a two-token answer fits the 1 s deadline
+        assert 200 in codes, codes
         start = time.monotonic()
         r = httpx.post(f"{url}/v1/completions", timeout=120, json={
             "model": LM, "prompt": "Write a long story.", "max_tokens": 500, "temperature": 0})
         assert r.status_code == 408 and r.json()["error"]["code"] == "deadline_exceeded"
         assert time.monotonic() - start < 30
-        assert metric(url, "mlxq_generations_deadline_total") == 1
-        # the server recovers: a two-token answer fits the 1 s deadline (a loaded machine may need a second try; a
-        # stuck engine fails every one)
-        codes = [httpx.post(f"{url}/v1/completions", timeout=120,
-                            json={"model": LM, "prompt": "Hi", "max_tokens": 2}).status_code for _ in range(3)]
-        assert 200 in codes, codes
+        assert metric(url, "mlxq_generations_deadline_total") >= 1
+        assert short() in (200, 408) and 200 in [short() for _ in range(3)]  # the server recovers
 
 
 def idle_rss(server: str) -> float:

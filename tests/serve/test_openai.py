@@ -41,8 +41,9 @@ def test_log_probabilities_in_the_chat_and_the_completions_shapes():
                                                    {"token": "lo", "logprob": -1.5, "bytes": list(b"lo")}]}
     assert chat["content"][1]["bytes"] == [0xE2, 0x82]  # part of a character: the exact bytes, not its text
     # an echoed prompt's first token has nothing before it: logprob None, as OpenAI's legacy API answers
-    text = openai.completion_logprobs([None, *entries], names, [2, 1, 3], offset=10)
-    assert text == {"tokens": ["lo", "Hel", "\ufffd"], "token_logprobs": [None, -0.5, -2.0],
+    # a token holding part of a character is named by its bytes; offsets are where each token starts in the text
+    text = openai.completion_logprobs([None, *entries], names, [2, 1, 3], [10, 12, 15])
+    assert text == {"tokens": ["lo", "Hel", "bytes:\\xe2\\x82"], "token_logprobs": [None, -0.5, -2.0],
                     "top_logprobs": [None, {"Hel": -0.5, "lo": -1.5}, {"lo": -0.1}], "text_offset": [10, 12, 15]}
 
 

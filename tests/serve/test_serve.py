@@ -125,7 +125,7 @@ def test_classify_an_image(server):
     (dict(json={"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}), 404, "does not exist"),
     (dict(json={"model": "../../etc/passwd", "messages": [{"role": "user", "content": "hi"}]}), 404, "does not exist"),
     (dict(json={"model": IMG, "messages": [{"role": "user", "content": "hi"}]}), 400, "image classifier"),
-    (dict(json={"model": LM, "messages": [{"role": "user", "content": "word " * 1500}]}), 400, "limit"),
+    (dict(json={"model": LM, "messages": [{"role": "user", "content": "word " * 5000}]}), 400, "limit"),
     (dict(json={"model": LM, "messages": [{"role": "user", "content": ""}]}), 400, "empty"),
     (dict(json={"model": LM, "messages": [{"role": "user", "content": "x" * 2_000_000}]}), 413, "larger than"),
     # an id past the vocabulary would index the logits out of bounds inside mlx-lm's logit-bias processor

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, api_server, free_port, needs_mirror
+from conftest import REPO, api_server, free_port, needs_mirror, write_export
 
 # AWQ at 4 bits on a tiny calibration: 2 WikiText-2 chunks of 32 tokens (about a minute and a half on two cores)
 AWQ = dict(model="smollm2-135m-instruct", bits=4, method="awq", calib=2, ctx=32)
@@ -36,7 +36,6 @@ def vision_export(tmp_path_factory):
 def awq_export(tmp_path_factory):
     """SmolLM2 quantized by AWQ as `python -m core export` does it (core.quant.recipe.quantize, then the export's
     writer), and the prompt log-probabilities of the evaluated model itself: `quantize(config).deploy()`."""
-    from core.deploy.export import write_export
     from core.deploy.scoring import score_prompt
     from core.quant.config import QuantConfig
     from core.quant.recipe import quantize
