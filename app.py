@@ -1,8 +1,10 @@
 """MLX Quant Lab dashboard: `./lab dashboard` (or `streamlit run app.py` with the environment set up)."""
 import streamlit as st
 
+from core import runtime
 from views._jobs import jobs_panel
 
+runtime.configure_process()  # once per process (Streamlit reruns this script): what `python -m core` sets up too
 st.set_page_config(page_title="MLX Quant Lab", layout="wide")
 navigation = st.navigation([
     st.Page("views/overview.py", title="Overview", default=True),

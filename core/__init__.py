@@ -1,6 +1,2 @@
-"""MLX Quant Lab: all logic, no Streamlit."""
-from core import runtime as _runtime
-
-_runtime.tune_allocator()  # large MLX buffers on the Linux CPU: see runtime.tune_allocator
-_runtime.use_device_setting()  # MLXQ_DEVICE=cpu: the CPU even where a GPU exists
-_runtime.default_blas_threads()  # BLIS starts with one thread: see runtime.default_blas_threads
+"""MLX Quant Lab: all logic, no Streamlit. Importing it changes nothing process-wide: a command that computes calls
+core.runtime.configure_process first (the CLI entry point core/__main__.py, the dashboard's app.py, the tests)."""

@@ -8,12 +8,16 @@ from typing import Callable
 
 
 def option(default, help: str, flag: str | None = None, parse: Callable[[str], object] | None = None,
-           negate: str | None = None, cli: bool = True):
+           negate: str | None = None, cli: bool = True, aliases: tuple[str, ...] = (), choices=None,
+           metavar: str | None = None, kw_only: bool = False):
     """A dataclass field with its flag: `flag` defaults to --field-name; `parse` turns the flag's text into the
     value; a boolean field becomes `--flag` (store true) or, with `negate`, a `--no-...` flag storing false;
-    cli=False keeps the field off the command line."""
-    return field(default=default, metadata={"help": help, "flag": flag, "parse": parse, "negate": negate,
-                                            "cli": cli})
+    cli=False keeps the field off the command line; `aliases` are further names of the flag, `choices` the values
+    it takes (its help then lists them), `metavar` the name its help gives the value. `kw_only`: a required field
+    (default MISSING) after fields with defaults, as a config that extends another adds one."""
+    return field(default=default, kw_only=kw_only,
+                 metadata={"help": help, "flag": flag, "parse": parse, "negate": negate, "cli": cli,
+                           "aliases": tuple(aliases), "choices": choices, "metavar": metavar})
 
 
 def flag_name(f: Field) -> str:
@@ -31,6 +35,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
 
 

@@ -31,8 +31,27 @@ DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 DEVICES = ("cpu", "gpu")
 
 
+_configured = False
+
+
+def configure_process() -> None:
+    """What every command sets up for the whole process before it computes, once (later calls do nothing): large
+    MLX buffers kept on the heap (tune_allocator), MLX's default device as MLXQ_DEVICE says (use_device_setting)
+    and BLIS's thread count (default_blas_threads). Importing `core` does none of this: the CLI entry point
+    (core/__main__.py, so also the server, the job worker and every rank), the dashboard (app.py) and the test
+    session (tests/conftest.py) call it. The BLAS library itself is chosen before Python starts (./lab preloads
+    it: core.blas)."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    tune_allocator()
+    use_device_setting()
+    default_blas_threads()
+
+
 def use_device_setting() -> None:
-    """MLX's default device as MLXQ_DEVICE says (called when `core` is imported); a value it does not know is
+    """MLX's default device as MLXQ_DEVICE says (part of configure_process); a value it does not know is
     reported and ignored."""
     chosen = settings.device()
     if chosen is None:
@@ -175,7 +194,7 @@ _tuned = False
 
 
 def tune_allocator() -> bool:
-    """Keep large buffers on the heap (Linux glibc only); True when applied. Called when `core` is imported."""
+    """Keep large buffers on the heap (Linux glibc only); True when applied. Part of configure_process."""
     global _tuned
     _tuned = _mallopt(TUNED_THRESHOLD, TUNED_THRESHOLD)
     return _tuned
@@ -234,7 +253,7 @@ def set_blas_threads(n: int) -> None:
 
 def default_blas_threads() -> None:
     """BLIS runs one thread unless told otherwise: give it the usable cores, unless the environment chose
-    (BLIS_NUM_THREADS or OMP_NUM_THREADS). OpenBLAS already starts with every core. Called when `core` is imported."""
+    (BLIS_NUM_THREADS or OMP_NUM_THREADS). OpenBLAS already starts with every core. Part of configure_process."""
     if loaded_blas.library() == "BLIS" and not (os.environ.get("BLIS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")):
         loaded_blas.set_threads(usable_cpus())
 

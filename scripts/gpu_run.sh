@@ -30,7 +30,7 @@ IFS='+' read -ra parts <<< "$sections"
 if [ ${#parts[@]} -eq 1 ]; then
   python3 -m core bench --sections "$sections" --out "$out" "$@"
 else
-  if [ -n "${FRONTIER_JOURNAL:-}" ]; then stem=$(python3 -c "from core.eval.bench import report_stem; print(report_stem())"); fi
+  if [ -n "${FRONTIER_JOURNAL:-}" ]; then stem=$(python3 -c "from core.bench.run import report_stem; print(report_stem())"); fi
   for part in "${parts[@]}"; do
     mkdir -p "$out/$part"
     if [ -n "${FRONTIER_JOURNAL:-}" ]; then cp "$FRONTIER_JOURNAL" "$out/$part/$stem-$part.jsonl"; fi

@@ -6,8 +6,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from core.eval import serving_bench as sb
+from core import runtime
+from core.bench import serving as sb
 
+runtime.configure_process()  # as `python -m core` does (the export below runs in this process)
 model_id, clients, max_tokens, trials = sys.argv[1], *map(int, sys.argv[2:5])
 with tempfile.TemporaryDirectory() as tmp:
     ours_cmd = [sys.executable, "-m", "core", "serve", "--models", model_id, "--max-batch", str(max(clients, 1))]

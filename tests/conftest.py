@@ -1,4 +1,6 @@
-"""Shared test set-up: the data mirror (../shared unless MLXQ_MIRROR says otherwise) and a private result cache."""
+"""Shared test set-up: the data mirror (../shared unless MLXQ_MIRROR says otherwise), the process set-up every command
+makes, and a private result cache."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -11,6 +13,16 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 if not os.environ.get("MLXQ_MIRROR") and (REPO.parent / "shared" / "data").is_dir():
     os.environ["MLXQ_MIRROR"] = str(REPO.parent / "shared")
+
+
+def pytest_configure(config):
+    """What `python -m core` and the dashboard set up before they compute (core.runtime.configure_process: the
+    allocator, MLXQ_DEVICE, BLIS's threads; importing core sets up nothing), before any test module is collected.
+    Without MLX only tests/test_layout.py can run, and it needs none of it."""
+    if importlib.util.find_spec("mlx") is not None:
+        from core import runtime
+
+        runtime.configure_process()
 
 
 def mirror() -> Path | None:
@@ -116,6 +128,18 @@ def without_mirror() -> dict:
     """The environment of a bare clone: no data mirror, and the hub unreachable (it is here anyway)."""
     env = {k: v for k, v in os.environ.items() if k != "MLXQ_MIRROR"}
     return {**env, "MLXQ_MIRROR": "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def write_export(q, out: Path, force: bool = False):
+    """An already quantized model (core.quant.recipe.Quantized) written as `python -m core export` writes it
+    (core.deploy.export.export_model less the quantizing: a test reuses one model for several folders, or builds
+    one by hand); it is cast to its config's compute dtype in place first."""
+    from core.deploy import export
+
+    out = Path(os.path.abspath(out))
+    export.check_destination(out, force)
+    with export._staging_folder(out) as staging:
+        return export._finish(q, staging, out)
 
 
 def truncated_smollm2(blocks: int):

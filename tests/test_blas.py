@@ -140,9 +140,9 @@ def test_a_tuned_blas_counts_only_when_mlx_calls_it(preload):
 
 @needs_blis
 def test_blis_gets_the_usable_cores_unless_the_environment_chose():
-    code = ("import core.runtime as r; from core.blas import loaded as b; t = b.threads()\n"
+    code = ("import core.runtime as r; from core.blas import loaded as b; r.configure_process(); t = b.threads()\n"
             "with r.blas_threads(1): inner = b.threads()\n"
             "print(b.library(), t == r.usable_cpus(), inner, b.threads() == t, r.fast_blas_active())")
     assert _child(code, probe.BLIS) == "BLIS True 1 True True"
-    assert _child("from core.blas import loaded as b; import core; print(b.threads())", probe.BLIS,
-                  BLIS_NUM_THREADS="1") == "1"
+    chosen = "from core.blas import loaded as b; import core.runtime as r; r.configure_process(); print(b.threads())"
+    assert _child(chosen, probe.BLIS, BLIS_NUM_THREADS="1") == "1"

@@ -151,7 +151,7 @@ def test_sensitivity_prints_the_table_its_json_and_the_allocation(tmp_path):
     proc = cli("sensitivity", "--model", "resnet20-mlxq", "--bits", "4,8", "--calib", "16", env=env)  # cached
     assert proc.returncode == 0, proc.stderr
     assert "KL@4" in proc.stdout and "agree@8" in proc.stdout and "CIFAR-10 train, 16" in proc.stdout
-    assert_one_error_line(cli("sensitivity", "--model", "resnet20-mlxq", "--bits", "7", env=env), "--q-bits 7")
+    assert_one_error_line(cli("sensitivity", "--model", "resnet20-mlxq", "--bits", "7", env=env), "--bits 7")
 
 
 def test_eval_sweep_and_export_flags_come_from_the_config_fields():
@@ -179,9 +179,27 @@ def test_eval_sweep_and_export_flags_come_from_the_config_fields():
 
 @pytest.mark.parametrize("value,device,warned", [("cpu", "cpu", False), ("tpu", None, True)])
 def test_mlxq_device_picks_the_device_or_says_why_not(value, device, warned):
-    proc = subprocess.run([sys.executable, "-c", "import core, mlx.core as mx; print(mx.default_device())"], cwd=REPO,
+    code = "from core import runtime; import mlx.core as mx; runtime.configure_process(); print(mx.default_device())"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO,
                           env={**os.environ, "MLXQ_DEVICE": value}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert ("MLXQ_DEVICE='tpu' is not one of cpu, gpu" in proc.stderr) == warned
     if device:
         assert proc.stdout.strip() == f"Device({device}, 0)"
+
+
+def test_importing_core_sets_up_nothing_until_a_command_asks():
+    """Importing the lab (its CLI and evaluation included) leaves the process as it was; configure_process, which
+    `python -m core`, the dashboard and the tests call, reads MLXQ_DEVICE and tunes the allocator (glibc)."""
+    import platform
+
+    code = ("import warnings; warnings.simplefilter('error'); import core.cli, core.eval.pipeline, core.runtime as r; "
+            "print(r.allocator_tuned(), flush=True); r.configure_process(); "
+            "print(r.describe()['large_buffers_on_heap'])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "MLXQ_DEVICE": "tpu"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["False"] and "MLXQ_DEVICE='tpu' is not one of" in proc.stderr  # read when asked
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+    assert proc.stdout.split() == ["False", str(glibc)]

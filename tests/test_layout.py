@@ -2,23 +2,27 @@
 functions stay small. Run alone with `python -m pytest tests/test_layout.py` (no MLX needed: sources are parsed).
 
     cli ─┬─> jobs ───┬─> report ─┐
-         │           └───────────┴─> eval ─┐
+         │           └───────────┤
+         ├─> bench ──────────────┴─> eval ─┐
          └─> serve ────────────────────────┴─> deploy ──> quant ──> models ──> dist ──> base
 
 base = errors, settings, options, runtime, blas, cache, data; dist (mx.distributed groups and collectives) sits just
 above base. A module may import its own package and any lower layer,
-except that serve stands beside eval and report: serve never imports them, nor they serve; jobs (background runs)
-never imports serve. views/ and app.py (the dashboard) may use any of core; core never imports Streamlit
-or the dashboard."""
+except that serve stands beside eval and report: serve never imports them, nor they serve; bench (benchmark
+reports against peers) stands beside report, neither importing the other, and never imports serve (it reaches
+servers over HTTP); jobs (background runs) never imports serve. views/ and app.py (the dashboard) may use any of
+core; core never imports Streamlit or the dashboard."""
 import ast
 from pathlib import Path
 
 import pytest
 
 CORE = Path(__file__).resolve().parent.parent / "core"
-RANK = {"base": 0, "dist": 0.5, "models": 1, "quant": 2, "deploy": 3, "eval": 4, "serve": 4, "report": 5, "jobs": 6, "cli": 7}
+RANK = {"base": 0, "dist": 0.5, "models": 1, "quant": 2, "deploy": 3, "eval": 4, "serve": 4, "report": 5, "bench": 5,
+        "jobs": 6, "cli": 7}
 BASE = {"errors", "settings", "options", "runtime", "blas", "cache", "data", "__init__"}
-APART = {("serve", "eval"), ("serve", "report"), ("eval", "serve"), ("report", "serve"), ("jobs", "serve")}
+APART = {("serve", "eval"), ("serve", "report"), ("eval", "serve"), ("report", "serve"), ("jobs", "serve"),
+         ("bench", "serve")}
 MAX_MODULE_LINES = 350
 MAX_FUNCTION_LINES = 60
 LONG_FUNCTIONS = {  # function -> why it stays long
@@ -89,7 +93,11 @@ def test_the_check_catches_an_upward_and_a_sideways_import():
     assert violations("core.serve.routes", imports_of("from core.eval.pipeline import run_eval", "core.serve.routes"))
     assert violations("core.models.registry", imports_of("def f():\n    import core.quant.layers\n", "core.models.x"))
     assert violations("core.report.status", imports_of("from core.serve import metrics", "core.report.status"))
-    assert not violations("core.eval.bench", imports_of("from core.deploy import generate", "core.eval.bench"))
+    assert violations("core.bench.serving", imports_of("from core.serve import engine", "core.bench.serving"))
+    assert violations("core.report.ecosystem", imports_of("from core.bench.rows import BenchRow", "core.report.x"))
+    assert violations("core.eval.quality", imports_of("from core.bench import run", "core.eval.quality"))
+    assert not violations("core.bench.run", imports_of("from core.eval import quality", "core.bench.run"))
+    assert not violations("core.bench.decode", imports_of("from core.deploy import generate", "core.bench.decode"))
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

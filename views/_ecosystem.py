@@ -4,9 +4,7 @@ import streamlit as st
 
 from core.report import ecosystem
 from core.report.tables import Column
-from views._ui import table as show_table
-
-PNG = {"toImageButtonOptions": {"format": "png", "scale": 2}, "displaylogo": False}
+from views._ui import chart, table as show_table
 
 BUDGET_HELP = {"lab loses least": "whether the lab's best recipe within the budget has a lower value than every "
                                   "other tool's best"}
@@ -33,7 +31,7 @@ def show_ecosystem() -> None:
     metric = right.radio("Quality", list(ecosystem.METRICS), horizontal=True, key="e_metric",
                          format_func=lambda m: "KL" if m == "kl" else "perplexity")
     view = df[df["protocol"] == protocol]
-    st.plotly_chart(ecosystem.ecosystem_chart(view, metric), width="stretch", config=PNG, key="e_chart")
+    chart(ecosystem.ecosystem_chart(view, metric), "e_chart")
     st.subheader("Best recipe of each tool within a bits-per-weight budget")
     budget = ecosystem.budget_table(view, metric=metric)
     show_table(budget, {c: Column(c, "%.1f" if c.startswith("budget") else None, BUDGET_HELP.get(c))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 
 import streamlit as st
 
@@ -17,6 +18,8 @@ from core.report.tables import Column
 log = logging.getLogger("mlxq.dashboard")
 
 PLAYGROUND_TAGS = ("fp", "q8", "q6", "q5", "q4", "q4g32", "q3g32", "q2g32", "mxfp4", "nvfp4", "mxfp8")
+# Plotly's toolbar on the charts people keep: the camera icon downloads a PNG at twice the screen's resolution.
+PLOTLY_CONFIG = {"toImageButtonOptions": {"format": "png", "scale": 2}, "displaylogo": False}
 PLAYGROUND_MEMORY_BYTES = 2 * 1024**3  # models kept loaded beyond this are evicted, least recently used first
 
 
@@ -102,6 +105,16 @@ def table(df, columns: dict[str, Column], **kwargs) -> None:
     shown = {k: c for k, c in columns.items() if k in df.columns}
     st.dataframe(df, hide_index=True, width="stretch", column_config=column_config(shown),
                  column_order=list(shown), placeholder="—", **kwargs)
+
+
+def chart(fig, key: str) -> None:
+    """A Plotly figure across the page, with the PNG download (PLOTLY_CONFIG)."""
+    st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG, key=key)
+
+
+def field_default(config_cls, name: str):
+    """A config field's own default, for a form to start from (a page decides no default of its own)."""
+    return next(f.default for f in fields(config_cls) if f.name == name)
 
 
 def mb(n: float | None) -> str:

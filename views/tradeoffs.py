@@ -6,7 +6,7 @@ import streamlit as st
 from core.report import charts, labels
 from core.report.why import speed_notes
 from views._ecosystem import show_ecosystem
-from views._ui import demo_toggle, result_rows
+from views._ui import chart, demo_toggle, result_rows
 
 st.title("Trade-offs")
 demo = demo_toggle()
@@ -44,7 +44,6 @@ if len(choices) > 1:
                "show the one chosen above.")
 view = view[view["protocol"] == protocol]
 
-png = {"toImageButtonOptions": {"format": "png", "scale": 2}, "displaylogo": False}
 timed = view.dropna(subset=["latency_ms_p50"])
 measured_on = [charts.machine_label(r) for r in timed.to_dict("records")]
 machines = list(dict.fromkeys(measured_on))
@@ -58,7 +57,7 @@ for key, fig, data in figures:
     if key == "latency" and data.empty:
         st.caption("No benchmarked rows in this selection: latency needs runs with the benchmark on.")
         continue
-    st.plotly_chart(fig, width="stretch", config=png, key=f"t_chart_{key}")
+    chart(fig, f"t_chart_{key}")
     if key == "latency":
         for note in speed_notes(data.to_dict("records")):
             st.caption(note)

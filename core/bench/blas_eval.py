@@ -8,9 +8,9 @@ import sys
 import time
 
 from core import runtime
+from core.bench.eval_speed import EVAL_COMMAND, plain_pass_in_child
+from core.bench.rows import BenchRow
 from core.blas import choice
-from core.eval.bench_rows import BenchRow
-from core.eval.eval_speed_bench import EVAL_COMMAND, plain_pass_in_child
 
 def _timed(command: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()

@@ -1,5 +1,6 @@
-"""The `resnet`, `eval-command` and `ppl` bench sections: evaluation speed on the CPU, the plain path against the
-project's (images/s over CIFAR-10, perplexity tokens/s), and the whole `eval` command against one plain pass."""
+"""The `resnet`, `eval-command`, `ppl`, `ppl-kl` and `full-eval` bench sections: evaluation speed on the CPU, the
+plain path against the project's (images/s over CIFAR-10, perplexity tokens/s), the whole `eval` command against
+one plain pass, and the wall time of a full test-set evaluation with the deployed models."""
 from __future__ import annotations
 
 import os
@@ -11,10 +12,10 @@ import mlx.core as mx
 import numpy as np
 
 from core import data, runtime
+from core.bench.rows import BenchRow, best_of
 from core.blas import choice as blas_choice, loaded as loaded_blas
 from core.deploy.ids import load_deployed
 from core.eval import quality
-from core.eval.bench_rows import BenchRow, best_of
 from core.eval.flatconv import FLAT_BATCH, FlatResNet
 from core.models import resnet
 from core.models.registry import resolve
@@ -72,7 +73,8 @@ def plain_pass_seconds(limit: int | None = None) -> tuple[float, int]:
 
 def plain_pass_in_child(env: dict[str, str], limit: int | None = None) -> float:
     """plain_pass_seconds in a child process with `env` (another BLAS preloaded: core.blas.choice.preload_env)."""
-    code = f"from core.eval.eval_speed_bench import plain_pass_seconds as p; print(p({limit!r})[0])"
+    code = ("from core import runtime; runtime.configure_process(); "  # as `python -m core` does
+            f"from core.bench.eval_speed import plain_pass_seconds as p; print(p({limit!r})[0])")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -164,3 +166,34 @@ def ppl_kl_speed(chunks: int = 8, trials: int = 1) -> list[BenchRow]:
                      "tokens/s", note),
             BenchRow("ppl-kl", "smollm2 int4 g64 + fp32 reference", "reference pass first (mx.depends)", n / ordered,
                      "tokens/s", f"{note}; {interleaved / ordered:.2f}x")]
+
+
+def full_eval_speed(names=tuple(resnet.DEPTHS), bits=(16, 8, 6, 5, 4, 3), lm_bits=(16, 8, 4)) -> list[BenchRow]:
+    """Wall time of a full test-set evaluation with the deployed (quantized-kernel) model in the backend's
+    compute dtype, load excluded:
+    every ResNet on the 10,000 CIFAR-10 test images, SmolLM2 perplexity on all 592 WikiText-2 chunks."""
+    images, labels = data.load_cifar10("test")
+    x = resnet.preprocess(images)
+    rows = []
+    for name in names:
+        for b in bits:
+            spec = QuantSpec(b).validated()
+            d = load_deployed(resolve(name), spec)
+            model = d.model
+            t, logits = best_of(lambda: quality.classify_batches(model, x, batch_size=2500), 2,
+                                 warmup=lambda: quality.classify_batches(model, x[:2500], batch_size=2500))
+            acc = quality.accuracy(logits, labels)
+            rows.append(BenchRow("full-eval", f"{name} {spec.tag}, {d.dtype}", f"CIFAR-10 test, {len(x):,} images", t, "s",
+                                 f"{len(x) / t:,.0f} images/s; top-1 {100 * acc.top1:.2f} %"))
+    info = resolve("smollm2-135m-instruct")
+    for b in lm_bits:
+        spec = QuantSpec(b).validated()
+        d = load_deployed(info, spec)
+        model, tokenizer = d.model, d.tokenizer
+        tokens = quality.wikitext_tokens(info.name, tokenizer)
+        windows = quality.chunk_windows(tokens, 512, None)
+        t, result = best_of(lambda: quality.perplexity(model, windows, batch_size=16), 1,
+                             warmup=lambda: quality.perplexity(model, windows[:16], batch_size=16))
+        rows.append(BenchRow("full-eval", f"smollm2 {spec.tag}, {d.dtype}", "WikiText-2 test, 592 chunks", t, "s",
+                             f"{windows.size / t:,.0f} tokens/s; PPL {result.ppl:.3f} ± {result.stderr:.3f}"))
+    return rows

@@ -1,6 +1,6 @@
-"""mlx-lm on a model folder, for the `scale` bench section (run under core.eval.measured for the peak memory):
-`python -m core.eval.mlx_lm_gptq FOLDER CHUNKS` runs mlx-lm's GPTQ with the lab's calibration tokens;
-`python -m core.eval.mlx_lm_gptq --load FOLDER` loads the folder with mlx-lm and generates from it.
+"""mlx-lm on a model folder, for the `scale` bench section (run under core.bench.peak_memory for the peak memory):
+`python -m core.bench.mlx_lm_peer FOLDER CHUNKS` runs mlx-lm's GPTQ with the lab's calibration tokens;
+`python -m core.bench.mlx_lm_peer --load FOLDER` loads the folder with mlx-lm and generates from it.
 
 mlx-lm's own command line fetches its calibration text from the hub; here it gets the lab's GPTQ calibration
 (`CHUNKS` chunks of 512 tokens of WikiText-2 validation), 4 bits, group 64, and 4-bit group-64 round-to-nearest

@@ -1,5 +1,5 @@
 """Run a module as `python -m` would, then report the whole process's peak memory on its last stderr line:
-`python -m core.eval.measured MODULE ARGS...` (e.g. `core eval --model ...`, `mlx_lm.convert ...`).
+`python -m core.bench.peak_memory MODULE ARGS...` (e.g. `core eval --model ...`, `mlx_lm.convert ...`).
 
 The peak resident set comes from the kernel (every allocation the process made, MLX's and Python's alike), MLX's
 peak from MLX itself (on a GPU: the device memory it held). The bench's `scale` section reads the line."""
@@ -12,6 +12,8 @@ import runpy
 import sys
 
 import mlx.core as mx
+
+from core import runtime
 
 MARK = "MLXQ_PEAK "
 
@@ -43,10 +45,11 @@ def parse(stderr: str) -> dict | None:
 
 def main() -> None:
     if len(sys.argv) < 2:
-        sys.exit("usage: python -m core.eval.measured MODULE [ARGS...]")
+        sys.exit("usage: python -m core.bench.peak_memory MODULE [ARGS...]")
     module = sys.argv[1]
     sys.argv = [module, *sys.argv[2:]]
     atexit.register(lambda: print(MARK + json.dumps(peak()), file=sys.stderr, flush=True))
+    runtime.configure_process()  # as `python -m core` does: the peers' runs too (importing core once did it)
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 

@@ -2,7 +2,7 @@
 
 A random-weight model of a real shape (core.models.synthetic: Llama-3.2-1B's on a CPU, Llama-3.1-8B's on a GPU)
 is quantized, evaluated and exported by the lab's own commands, each in a child process that reports its peak
-memory (core.eval.measured); mlx-lm quantizes the same folder (`mlx_lm.convert`, and its GPTQ on the lab's
+memory (core.bench.peak_memory); mlx-lm quantizes the same folder (`mlx_lm.convert`, and its GPTQ on the lab's
 calibration tokens). Every lab row names its predicted peak (core.quant.footprint) beside the measured one."""
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from core import runtime, settings
-from core.eval.bench_rows import BenchRow
-from core.eval.measured import parse
+from core.bench.peak_memory import parse
+from core.bench.rows import BenchRow
 from core.eval.parallel import parallel_steps
 from core.quant import footprint
 from core.quant.spec import QuantSpec
@@ -47,10 +47,10 @@ def model_folder(shape: str) -> Path:
 
 
 def _run(argv: list[str], limit: float | None, env: dict | None = None) -> tuple[float, dict, str]:
-    """(seconds, peak, stdout) of `python -m core.eval.measured ARGV`; a child past `limit` seconds is stopped."""
+    """(seconds, peak, stdout) of `python -m core.bench.peak_memory ARGV`; a child past `limit` seconds is stopped."""
     started = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "core.eval.measured", *argv], cwd=REPO_ROOT,
+        proc = subprocess.run([sys.executable, "-m", "core.bench.peak_memory", *argv], cwd=REPO_ROOT,
                               capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=limit,
                               env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired:
@@ -112,7 +112,7 @@ def _peer_rows(folder: Path, subject: str, limit: float | None, gptq: bool = Tru
                              _memory_note(peak, None, None)))
     if not gptq:
         return rows
-    seconds, peak, out = _run(["core.eval.mlx_lm_gptq", str(folder), str(CALIB)], limit)
+    seconds, peak, out = _run(["core.bench.mlx_lm_peer", str(folder), str(CALIB)], limit)
     note = "did not finish in the time limit" if out == "timeout" else _memory_note(peak, None, None)
     rows.append(BenchRow("scale", subject, f"mlx-lm gptq_quantize (4-bit g64, the lab's {CALIB} calibration chunks)",
                          seconds, "s", note))
@@ -123,14 +123,14 @@ def _serve_rows(folder: Path, shape: footprint.Shape, subject: str, limit: float
                 streams: int = 16) -> list[BenchRow]:
     """The lab's 4-bit export of the model loaded by mlx-lm, then served by the lab's server (NAME=PATH) to
     `streams` concurrent streams, beside mlx_lm.server on the same folder."""
-    from core.eval.serving_bench import concurrent_round, running_server
+    from core.bench.serving import concurrent_round, running_server
 
     rows = []
     with tempfile.TemporaryDirectory(dir=settings.cache_root()) as tmp:
         export = Path(tmp) / "q4g64"
         _run(["core", "export", "--model", str(folder), "--q-bits", "4", "--q-group-size", "64", "--out", str(export)],
              limit)
-        seconds, peak, out = _run(["core.eval.mlx_lm_gptq", "--load", str(export)], limit)
+        seconds, peak, out = _run(["core.bench.mlx_lm_peer", "--load", str(export)], limit)
         rows.append(BenchRow("scale", subject, "mlx_lm.load of the lab's 4-bit export, 16 greedy tokens", seconds, "s",
                              f"{out.strip()}; {_memory_note(peak, None, None)}"))
         predicted = {f.stage: f for f in footprint.predict(shape, QuantSpec(4, 64).validated(), streams=streams,

@@ -12,8 +12,8 @@ import tempfile
 import time
 
 from core import runtime
+from core.bench.rows import BenchRow
 from core.dist.launch import command
-from core.eval.bench_rows import BenchRow
 from core.settings import REPO_ROOT
 
 SWEEP_BITS, SWEEP_GROUPS = "8,6,5,4,3,2", "32,64"  # 12 quantized configurations of one ResNet

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 from core import runtime, settings
-from core.cli.flags import config_from_args
+from core.cli.flags import config_from_args, sweep_from_args
 from core.errors import LabError
 
 
@@ -42,26 +41,25 @@ def cmd_sweep(args) -> int:
     rank fails) becomes KeyboardInterrupt, so the rank still reports what it lost."""
     import signal
 
-    from core.dist.group import world
-    from core.eval.config import EvalConfig, EvalResult
     from core.cache import atomic_write_text
-    from core.eval.sweep import default_csv, expand, run_sweep
+    from core.dist.group import world
+    from core.eval.config import EvalResult
+    from core.eval.sweep import default_csv, run_sweep
     from core.report.results import write_csv
     from core.report.summaries import result_text
 
     ranks = world()
-    base = config_from_args(EvalConfig, args, model=args.model[0], method=args.method[0], bits=args.bits[0],
-                            group_size=args.group_size[0])
-    configs = expand(base, args.model, args.method, args.bits, args.group_size)  # fail before any work
+    config = sweep_from_args(args)
+    configs = config.configs()  # fail before any work
     if ranks.distributed:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-    outcome = run_sweep(configs, use_cache=not args.no_cache, ranks=ranks,
+    outcome = run_sweep(config, use_cache=not args.no_cache, ranks=ranks,
                         progress=None if ranks.distributed else stderr_progress)
     if not ranks.root:
         return 0
     for row in outcome.rows:
         print(json.dumps(row) if args.json else result_text(EvalResult.from_dict(row)))
-    out = Path(args.out) if args.out else default_csv(args.model)
+    out = Path(config.out) if config.out else default_csv(list(config.models))
     written = write_csv(outcome.rows, out, EvalResult.public_fields())
     print(f"{len(configs)} configurations over {ranks.size} rank(s): computed {len(outcome.computed)}, "
           f"from the cache {len(outcome.cached)}", file=sys.stderr)
@@ -74,27 +72,19 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_sensitivity(args) -> int:
-    from core.models.registry import resolve
-    from core.quant.calibration import Calibration, default_size
-    from core.quant.mixed import allocation_for
-    from core.quant.sensitivity import layer_sensitivity
+    from core.jobs.kinds import KINDS
     from core.report.summaries import sensitivity_text
 
-    kind = resolve(args.model).kind
-    calibration = Calibration(args.calib or default_size("sensitivity", kind), args.ctx, args.seed)
-    started = time.perf_counter()
-    rows = layer_sensitivity(args.model, args.bits, args.q_group_size, calibration, use_cache=not args.no_cache,
-                             progress=None if args.json else stderr_progress)
-    seconds = time.perf_counter() - started
-    allocation = allocation_for(rows, args.target_bpw) if args.target_bpw else None
+    kind = KINDS["sensitivity"]
+    run = kind.run(config_from_args(kind.config, args), use_cache=not args.no_cache,
+                   progress=None if args.json else stderr_progress)
     if args.json:
-        extra = {} if allocation is None else {"allocation": allocation.bits,
-                                               "predicted_bits_per_weight": allocation.predicted_bpw}
-        print(json.dumps({"rows": rows, **extra, "seconds": seconds}))
+        print(json.dumps({**run.summary(), "seconds": run.seconds}))
         return 0
     print(file=sys.stderr)
-    print(sensitivity_text(args.model, rows, allocation))
-    print(f"{len({r['layer'] for r in rows})} layers x {len({r['bits'] for r in rows})} widths in {seconds:.1f} s")
+    print(sensitivity_text(run.config.model, run.rows, run.allocation))
+    print(f"{len({r['layer'] for r in run.rows})} layers x {len({r['bits'] for r in run.rows})} widths in "
+          f"{run.seconds:.1f} s")
     return 0
 
 
@@ -157,7 +147,9 @@ def cmd_serve(args) -> int:
     api = ServeSettings(models=models, api_key=args.api_key or settings.api_key(),
                         memory_budget_bytes=int(args.memory_budget_mb * 1024**2), dtype=args.dtype,
                         max_batch=args.max_batch, max_queue=args.max_queue, max_vision_queue=args.max_vision_queue,
-                        request_timeout_s=args.request_timeout, allow_special_tokens=args.allow_special_tokens)
+                        request_timeout_s=args.request_timeout, allow_special_tokens=args.allow_special_tokens,
+                        max_prompt_tokens=args.max_prompt_tokens, header_timeout_s=args.header_timeout,
+                        body_timeout_s=args.body_timeout, shutdown_grace_s=args.shutdown_grace)
     if args.request_timeout is not None and not args.request_timeout > 0:
         raise LabError(f"--request-timeout must be a positive number of seconds, not {args.request_timeout}.")
     where = f"http://{args.host}:{args.port}"
@@ -179,7 +171,7 @@ def cmd_loadtest(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from core.eval.bench import SECTIONS, run_bench
+    from core.bench.run import SECTIONS, run_bench
 
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in sections if s not in SECTIONS]
@@ -192,55 +184,46 @@ def cmd_bench(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from core.deploy.export import export_model
-    from core.quant.config import QuantConfig
+    from core.jobs.kinds import KINDS
 
-    if args.format == "gguf":
-        return _export_gguf(args)
-    if args.gguf_type is not None:
-        raise LabError("--gguf-type goes with --format gguf.")
-    result = export_model(config_from_args(QuantConfig, args), Path(args.out), force=args.force,
-                          progress=stderr_progress)
-    form = ("model.safetensors + quantization.json; reload with core.deploy.exported.load_exported(DIR)"
-            if result.kind == "vision" else "mlx-lm folder; mlx_lm.load / python -m mlx_lm generate --model DIR")
-    lines = [f"\nexported {args.model} {result.tag} to {result.path}",
-             f"  {form}",
-             f"  size: {result.size_bytes / 1e6:.2f} MB of arrays, {result.bits_per_weight:.3f} bits/weight; "
-             f"{result.file_bytes / 1e6:.2f} MB on disk",
-             f"  {result.report.summary()}; computes in {result.dtype}"]
-    print("\n".join(lines), file=sys.stderr)
+    kind = KINDS["export"]
+    config = config_from_args(kind.config, args)
+    result = kind.run(config, progress=stderr_progress)
+    lines = _gguf_lines(result) if config.format == "gguf" else _folder_lines(result)
+    print("\n".join([f"\nexported {config.model} {result.tag} to {result.path}", *lines]), file=sys.stderr)
     print(result.path)
     return 0
 
 
-def _export_gguf(args) -> int:
-    from core.deploy.gguf_export import export_gguf
-    from core.quant.config import QuantConfig
+def _folder_lines(result) -> list[str]:
+    form = ("model.safetensors + quantization.json; reload with core.deploy.exported.load_exported(DIR)"
+            if result.kind == "vision" else "mlx-lm folder; mlx_lm.load / python -m mlx_lm generate --model DIR")
+    return [f"  {form}",
+            f"  size: {result.size_bytes / 1e6:.2f} MB of arrays, {result.bits_per_weight:.3f} bits/weight; "
+            f"{result.file_bytes / 1e6:.2f} MB on disk",
+            f"  {result.report.summary()}; computes in {result.dtype}"]
 
-    result = export_gguf(config_from_args(QuantConfig, args), Path(args.out), force=args.force,
-                         gguf_type=args.gguf_type, progress=stderr_progress)
+
+def _gguf_lines(result) -> list[str]:
     kinds = ", ".join(f"{n} {t}" for t, n in sorted(Counter(result.tensor_types.values()).items()))
-    lines = [f"\nexported {args.model} {result.tag} to {result.path}",
-             "  GGUF; llama.cpp, Ollama and LM Studio load it (llama-cli -m FILE, llama-server -m FILE)",
+    lines = ["  GGUF; llama.cpp, Ollama and LM Studio load it (llama-cli -m FILE, llama-server -m FILE)",
              f"  {result.file_bytes / 1e6:.2f} MB; weight tensors {result.file_bits_per_weight:.3f} bits/weight "
              f"({kinds})",
              "  the lab's grids bit for bit" if result.gguf_type == "exact" else
              f"  {result.gguf_type} made by llama.cpp's quantizer from the lab's de-quantized weights"]
     if result.requantized:
         lines.append(f"  re-quantized to Q8_0 (no GGUF type holds their grid): {', '.join(result.requantized)}")
-    print("\n".join(lines), file=sys.stderr)
-    print(result.path)
-    return 0
+    return lines
 
 
 def cmd_train(args) -> int:
-    from core.models.train import Recipe, train, write_curve
+    from core.jobs.kinds import KINDS
+    from core.models.train import write_curve
 
-    recipe = Recipe(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    weight_decay=args.weight_decay, seed=args.seed, limit=args.limit)
-    out = Path(args.out)
-    history = train(recipe, out, progress=stderr_progress, eval_every=args.eval_every)
+    kind = KINDS["train"]
+    config = config_from_args(kind.config, args)
+    history = kind.run(config, progress=stderr_progress)
+    curve = write_curve(Path(config.out)) or "needs plotly"
     print(f"\nfinal test top-1 {history[-1]['test_top1']:.2f} % after {len(history)} epochs "
-          f"({sum(h['seconds'] for h in history):.0f} s of training); curve: {write_curve(out) or 'needs plotly'}",
-          file=sys.stderr)
+          f"({sum(h['seconds'] for h in history):.0f} s of training); curve: {curve}", file=sys.stderr)
     return 0

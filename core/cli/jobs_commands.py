@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
 
 from core.cli.commands import stderr_progress
-from core.cli.flags import config_from_args
+from core.cli.flags import config_from_args, sweep_from_args
+from core.jobs.kinds import KINDS
 from core.jobs.store import Job, JobStore
 from core.jobs.worker import ensure_worker, live_worker, run_worker
 
@@ -41,63 +41,17 @@ def _submit(args, kind: str, spec: dict) -> int:
     return _wait(store, job.id, None) if args.wait else 0
 
 
-def cmd_jobs_submit_eval(args) -> int:
-    """One evaluation per width in --q-bits; every configuration is checked before the job is queued."""
-    from core.eval.config import EvalConfig
-
-    configs = [config_from_args(EvalConfig, args, bits=b) for b in args.bits]
-    for cfg in configs:
-        cfg.validated()
-    return _submit(args, "eval", {"configs": [asdict(c) for c in configs], "use_cache": not args.no_cache})
-
-
-def cmd_jobs_submit_sensitivity(args) -> int:
-    from core.models.registry import resolve
-
-    resolve(args.model)  # an unknown model fails here, not in the worker
-    spec = dict(model=args.model, bits=args.bits, group_size=args.q_group_size, calib=args.calib, ctx=args.ctx,
-                seed=args.seed, target_bpw=args.target_bpw, use_cache=not args.no_cache)
-    return _submit(args, "sensitivity", spec)
-
-
-def cmd_jobs_submit_sweep(args) -> int:
-    """The sweep's flags as `sweep` takes them; with --hostfile the worker sends it to those hosts (mlx.launch)."""
-    from dataclasses import fields
-    from pathlib import Path
-
-    from core.eval.config import EvalConfig
-    from core.eval.sweep import VARYING
-    from core.jobs.sweep_job import checked_hostfile, configs_of
-
-    settings = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if f.name not in VARYING}
-    spec = dict(models=args.model, methods=args.method, bits=args.bits, group_sizes=args.group_size,
-                settings=settings, hostfile=checked_hostfile(args.hostfile),
-                out=str(Path(args.out).resolve()) if args.out else None, use_cache=not args.no_cache)
-    configs_of(spec)  # every configuration checked before the job is queued
-    return _submit(args, "sweep", spec)
-
-
-def cmd_jobs_submit_export(args) -> int:
-    from pathlib import Path
-
-    from core.quant.config import QuantConfig
-
-    config = config_from_args(QuantConfig, args)
-    config.validated()
-    return _submit(args, "export", {**asdict(config), "out": str(Path(args.out).resolve()), "force": args.force,
-                                    "format": args.format, "gguf_type": args.gguf_type})
-
-
-def cmd_jobs_submit_train(args) -> int:
-    from dataclasses import fields
-    from pathlib import Path
-
-    from core.models.train import Recipe
-
-    recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe) if hasattr(args, f.name)})
-    recipe.check()
-    return _submit(args, "train", {**asdict(recipe), "out": str(Path(args.out).resolve()),
-                                   "eval_every": args.eval_every})
+def cmd_jobs_submit(args) -> int:
+    """Queue the run `args.kind` names (core.jobs.kinds): its config from the flags its own command takes (eval:
+    one evaluation per width in --q-bits; sweep: --hostfile too), every config checked before the job is queued."""
+    kind = KINDS[args.kind]
+    if kind.name == "eval":
+        configs = [config_from_args(kind.config, args, bits=b) for b in args.bits]
+    elif kind.name == "sweep":
+        configs = [sweep_from_args(args, hostfile=args.hostfile)]
+    else:
+        configs = [config_from_args(kind.config, args)]
+    return _submit(args, kind.name, kind.spec_of(configs, use_cache=not args.no_cache if kind.cached else None))
 
 
 def summary(job: Job) -> str:

@@ -25,31 +25,30 @@ def _submit_flags(parser: argparse.ArgumentParser, json_flag: bool = True) -> No
 
 def _submit_commands(jobs, commands: dict) -> None:
     """submit eval (EvalConfig's flags, --q-bits a list); submit sensitivity, sweep, export and train (the flags of
-    those commands, from their parsers in `commands`)."""
-    from core.eval.config import EvalConfig
+    those commands, from their parsers in `commands`). Every kind of the registry (core.jobs.kinds), one command."""
+    from core.jobs.kinds import KINDS
 
     submit = jobs.add_parser("submit", help="queue a run as a background job; starts a worker unless one runs")
     kinds = submit.add_subparsers(dest="kind", required=True, parser_class=_JobsParser)
     p = kinds.add_parser("eval", help="evaluate one configuration per width in --q-bits (as `eval` does)")
-    add_config_flags(p, EvalConfig, bits=dict(type=bits_list, default=[16],
-                                              help="comma-separated widths, one evaluation each (e.g. 4 or 8,4,3)"))
+    add_config_flags(p, KINDS["eval"].config,
+                     bits=dict(type=bits_list, default=[16],
+                               help="comma-separated widths, one evaluation each (e.g. 4 or 8,4,3)"))
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the cache")
     _submit_flags(p)
-    p.set_defaults(func=jobs_commands.cmd_jobs_submit_eval)
     p = kinds.add_parser("sensitivity", parents=[commands["sensitivity"]], add_help=False,
                          help="per-layer sensitivity table (the flags of `sensitivity`)")
     _submit_flags(p, json_flag=False)  # --json comes with sensitivity's flags
-    p.set_defaults(func=jobs_commands.cmd_jobs_submit_sensitivity)
     p = kinds.add_parser("sweep", parents=[commands["sweep"]], add_help=False,
                          help="every combination of models, methods, widths and group sizes (the flags of `sweep`)")
     p.add_argument("--hostfile", default=None, help="run it on these hosts through mlx.launch (this machine first; "
                    "a JSON hostfile as mlx.distributed_config writes it)")
     _submit_flags(p, json_flag=False)
-    p.set_defaults(func=jobs_commands.cmd_jobs_submit_sweep)
-    for name, func in (("export", jobs_commands.cmd_jobs_submit_export), ("train", jobs_commands.cmd_jobs_submit_train)):
+    for name in ("export", "train"):
         p = kinds.add_parser(name, parents=[commands[name]], add_help=False, help=f"the flags of `{name}`")
         _submit_flags(p)
-        p.set_defaults(func=func)
+    for p in kinds.choices.values():  # one command for every kind of run: its registry entry says how
+        p.set_defaults(func=jobs_commands.cmd_jobs_submit)
 
 
 def _jobs_commands(sub) -> None:

@@ -1,5 +1,6 @@
-"""The `python -m core` parser: eval, sweep and export flags come from their config dataclasses (core.cli.flags);
-each command is a function in core.cli.commands."""
+"""The `python -m core` parser: the flags of every run (eval, sweep, export, sensitivity, train) come from the
+config dataclasses of the run kinds' registry (core.jobs.kinds, core.cli.flags); each command is a function in
+core.cli.commands."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +9,10 @@ import sys
 
 from core import runtime, settings
 from core.cli import commands
-from core.cli.flags import add_config_flags
+from core.cli.flags import add_config_flags, flag_for
 from core.cli.jobs_parser import _jobs_commands
-from core.options import bits_list, group_sizes_list, names_list, positive_int
+from core.errors import LabError
+from core.options import bits_list, group_sizes_list, names_list, positive_float, positive_int
 
 EXIT_BAD_INPUT = 2
 
@@ -28,10 +30,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _run_commands(sub) -> None:
-    """eval, sweep and export: the flags of EvalConfig (eval, sweep) and QuantConfig (export)."""
-    from core.eval.config import EvalConfig
-    from core.quant.config import QuantConfig
+    """eval, sweep and export: the flags of EvalConfig (eval, sweep; a sweep's varying fields as lists) and
+    ExportConfig (export)."""
+    from core.jobs.kinds import KINDS
 
+    EvalConfig = KINDS["eval"].config
     p = sub.add_parser("eval", help="quantize, evaluate and benchmark one configuration")
     add_config_flags(p, EvalConfig)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -54,19 +57,7 @@ def _run_commands(sub) -> None:
     p.set_defaults(func=commands.cmd_sweep)
     p = sub.add_parser("export", help="quantize one configuration and write it to a folder (mlx-lm folder for "
                        "language models, safetensors + quantization.json for ResNets) or to a GGUF file")
-    add_config_flags(p, QuantConfig, skip=("act_bits",),
-                     bits=dict(type=int, required=True, help="2, 3, 4, 5, 6, 8 (16: full precision)"),
-                     seed=dict(help="seed of the calibration subset"),
-                     ctx=dict(help="LM calibration chunk length in tokens"))
-    p.add_argument("--out", required=True, help="folder to write (created; an earlier export there is replaced); "
-                   "a .gguf file with --format gguf")
-    p.add_argument("--format", choices=("mlx", "gguf"), default="mlx",
-                   help="mlx (default): the folder mlx-lm loads; gguf: one file llama.cpp, Ollama and LM Studio load")
-    p.add_argument("--gguf-type", default=None, metavar="TYPE",
-                   help="with --format gguf: exact (default: the lab's grids, bit for bit where a GGUF type holds "
-                   "them) or a llama.cpp type made by llama.cpp's quantizer from the lab's weights (Q4_K_M, Q6_K ...; "
-                   "needs ./lab setup --peers)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty folder (or a file) export did not create")
+    add_config_flags(p, KINDS["export"].config)
     _memory_flag(p)
     p.set_defaults(func=commands.cmd_export)
 
@@ -81,20 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _table_commands(sub) -> None:
     """sensitivity and results: tables of measured rows."""
-    from core.quant.calibration import default_size
+    from core.jobs.kinds import KINDS
 
     p = sub.add_parser("sensitivity", help="per-layer sensitivity table: each layer quantized alone, KL against "
                        "full precision on calibration data (cached)")
-    p.add_argument("--model", required=True, help="registry name, an mlx-lm folder or a Hugging Face id")
-    p.add_argument("--bits", "--q-bits", dest="bits", type=bits_list, default=[2, 3, 4, 8],
-                   help="comma-separated widths (default 2,3,4,8)")
-    p.add_argument("--q-group-size", type=int, default=None, help="affine group size: 32, 64 (default) or 128")
-    p.add_argument("--calib", type=positive_int, default=None, help=f"CIFAR-10 train images (default "
-                   f"{default_size('sensitivity', 'vision')}) or WikiText-2 validation chunks (default "
-                   f"{default_size('sensitivity', 'lm')}; a GPU affords more)")
-    p.add_argument("--ctx", type=positive_int, default=512, help="LM calibration chunk length in tokens")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration image choice")
-    p.add_argument("--target-bpw", type=float, default=None, help="also print the mixed-precision allocation")
+    add_config_flags(p, KINDS["sensitivity"].config)
     p.add_argument("--json", action="store_true", help="print one JSON object: rows (and the allocation)")
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the cache")
     _memory_flag(p)
@@ -126,6 +108,15 @@ def _serving_commands(sub) -> None:
                    help="stop a generation that runs longer than this and answer 408 (default: no deadline)")
     p.add_argument("--allow-special-tokens", action="store_true",
                    help="parse chat-template control tokens in user text (off: typed text always stays text)")
+    p.add_argument("--header-timeout", type=positive_float, default=10.0, metavar="SECONDS",
+                   help="close a connection that has not sent a request's headers within this (default 10)")
+    p.add_argument("--body-timeout", type=positive_float, default=30.0, metavar="SECONDS",
+                   help="answer 408 to a request whose body has not arrived within this (default 30)")
+    p.add_argument("--shutdown-grace", type=positive_int, default=5, metavar="SECONDS",
+                   help="on SIGTERM, how long requests in flight may finish before the server exits (default 5)")
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=None, metavar="N",
+                   help="refuse longer prompts (default: each model's context length, as far as the memory budget "
+                        "holds one forward pass over it)")
     _memory_flag(p)
     p.set_defaults(func=commands.cmd_serve)
     p = sub.add_parser("loadtest", help="bounded load test of a running server on this machine")
@@ -142,6 +133,8 @@ def _serving_commands(sub) -> None:
 
 def _other_commands(sub) -> None:
     """bench, train, demo, prepare, make-model and blas."""
+    from core.jobs.kinds import KINDS
+
     p = sub.add_parser("bench", help="performance comparison, written as CSV and markdown under docs/bench/")
     p.add_argument("--sections", default="resnet,eval-command,ppl,decode,llama-cpp", help="comma-separated sections")
     p.add_argument("--out", default="docs/bench", help="output folder")
@@ -156,15 +149,7 @@ def _other_commands(sub) -> None:
                         "journal beside the report lets the next run go on")
     p.set_defaults(func=commands.cmd_bench)
     p = sub.add_parser("train", help="train a CIFAR-10 ResNet from scratch (resumes from --out)")
-    p.add_argument("--model", default="resnet20", help="resnet20 (default), resnet32, resnet44 or resnet56")
-    p.add_argument("--epochs", type=positive_int, default=200)
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (cosine schedule)")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=positive_int, default=None, help="train on N images (smoke tests)")
-    p.add_argument("--eval-every", type=positive_int, default=1, help="test accuracy every N epochs (curve)")
-    p.add_argument("--out", default="cache/train/resnet20", help="checkpoints, history.json and curve.html")
+    add_config_flags(p, KINDS["train"].config)
     p.set_defaults(func=commands.cmd_train)
     p = sub.add_parser("demo", help="prepare the dashboard's demo sweep (cached runs for every chart)")
     p.set_defaults(func=commands.cmd_demo)
@@ -185,11 +170,17 @@ def _other_commands(sub) -> None:
     p.set_defaults(func=commands.cmd_blas)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from core import runtime, settings
-    from core.errors import LabError
+def _said(error: LabError, parser: argparse.ArgumentParser, args, argv: list[str]) -> str:
+    """The error's words, after the flag of the setting it is about (and the value given) where there is one."""
+    flag = flag_for(parser, args, error.setting, argv) if error.setting else None
+    if flag is None or flag in str(error):
+        return str(error)
+    return f"{flag}{'' if error.value is None else f' {error.value}'}: {error}"
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.func is not commands.cmd_blas:  # `blas` runs before any preload: it chooses the library
         runtime.warn_if_slow_blas()
     try:
@@ -198,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         runtime.apply_memory_limit()
         return args.func(args)
     except LabError as error:
-        print(f"\nerror: {error}" if not getattr(args, "json", False) else f"error: {error}", file=sys.stderr)
+        said = _said(error, parser, args, sys.argv[1:] if argv is None else argv)
+        print(f"\nerror: {said}" if not getattr(args, "json", False) else f"error: {said}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -68,14 +68,6 @@ def export_model(config: QuantConfig, out: Path, force: bool = False, progress=N
         return _finish(quantize(cfg, progress), staging, out)
 
 
-def write_export(q: Quantized, out: Path, force: bool = False) -> ExportResult:
-    """Write an already quantized model to `out` (it is cast to its config's compute dtype in place first)."""
-    out = Path(os.path.abspath(out))
-    check_destination(out, force)
-    with _staging_folder(out) as staging:
-        return _finish(q, staging, out)
-
-
 def _finish(q: Quantized, staging: Path, out: Path) -> ExportResult:
     """Write everything into `staging`, then rename it to `out`."""
     q.deploy()  # the compute dtype the folder's users will run

@@ -1,2 +1,4 @@
-"""Measuring what quantization costs and gains: one evaluation run (pipeline), quality metrics, speed and memory,
-the fast CPU paths (flat convolutions, one stream per core), and the side-by-side benchmark (`python -m core bench`)."""
+"""Measuring one configuration: one evaluation run (pipeline), its configuration and result cache (config), quality
+metrics, scoring a model piece by piece (blockwise), speed and memory, sweeps of configurations, and the fast CPU
+paths (flat convolutions, one stream per core). Benchmark reports against peers (`python -m core bench`) are
+core.bench."""

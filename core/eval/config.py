@@ -13,6 +13,10 @@ from core.quant.config import QuantConfig
 RESULTS_VERSION = 4  # bump when a change alters measured values, so old cache entries are not reused
 EVAL_PATHS = ("auto", "dequant", "kernel")
 BOS_POLICIES = ("auto", "always", "never")
+# Where the dashboard's evaluation form starts (the command line starts from the fields' defaults): one width close
+# to full precision and one that shows the loss, on a subset that runs in about a minute on a laptop's CPU.
+FORM_WIDTHS = (8, 4)
+FORM_LIMIT = {"vision": 1000, "lm": 4}
 
 
 @dataclass(frozen=True)
@@ -30,11 +34,14 @@ class EvalConfig(QuantConfig):
 
     def validated(self) -> "EvalConfig":
         if self.eval_path not in EVAL_PATHS:
-            raise LabError(f"--eval-path must be one of {', '.join(EVAL_PATHS)}.")
+            raise LabError(f"The quality path must be one of {', '.join(EVAL_PATHS)}, not {self.eval_path!r}.",
+                           "eval_path", self.eval_path)
         if self.limit is not None and self.limit <= 0:
-            raise LabError(f"--limit must be a positive number, not {self.limit}.")
+            raise LabError(f"The evaluation subset must be a positive number of items, not {self.limit}.", "limit",
+                           self.limit)
         if self.bos not in BOS_POLICIES:
-            raise LabError(f"--bos must be one of {', '.join(BOS_POLICIES)}.")
+            raise LabError(f"The BOS policy must be one of {', '.join(BOS_POLICIES)}, not {self.bos!r}.", "bos",
+                           self.bos)
         return super().validated()
 
 

@@ -10,42 +10,25 @@ configurations it lost; rerunning the same command reads the finished ones from 
 those."""
 from __future__ import annotations
 
-import itertools
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
 from core.dist import collect
 from core.dist.group import SINGLE, Ranks
-from core.errors import LabError
 from core.eval.config import EvalConfig, EvalResult, cache_key, result_cache
 from core.eval.pipeline import CIFAR10_TEST_IMAGES, run_eval
+from core.eval.sweep_config import VARYING, SweepConfig, expand  # noqa: F401  (VARYING, expand: the sweep's words)
 from core.models import resnet
 from core.models.registry import resolve
 from core.settings import cache_root
 
-VARYING = ("model", "method", "bits", "group_size")  # what a sweep's configurations differ in; the rest is shared
 _LM_PARAMETERS = {"smollm2-135m-instruct": 135e6}
 _OTHER_LM_PARAMETERS = 1e9  # an mlx-lm folder or hub id: assumed larger than the registry's model
 _METHOD_WORK = {"none": 1.0, "rtn": 1.0, "gptq": 1.5, "awq": 1.5, "mixed": 3.0, "dwq": 6.0}
 _WIKITEXT_CHUNKS = 592  # WikiText-2 test in 512-token chunks for SmolLM2; only a planning estimate
-
-
-def expand(base: EvalConfig, models: list[str], methods: list[str], bits: list[int],
-           group_sizes: list[int | None]) -> list[EvalConfig]:
-    """Every combination, validated (a mistake in any is reported before work starts), without repeats: full
-    precision is one configuration whatever the method or group size."""
-    configs, seen = [], set()
-    for model, method, b, group in itertools.product(models, methods, bits, group_sizes):
-        cfg = replace(base, model=model, method=method, bits=b, group_size=group).validated()
-        if cfg not in seen:
-            seen.add(cfg)
-            configs.append(cfg)
-    if not configs:
-        raise LabError("The sweep has no configurations: give at least one model and one bit width.")
-    return configs
 
 
 def default_csv(models: list[str]) -> Path:
@@ -87,9 +70,17 @@ class SweepOutcome:
     cached: list[str] = field(default_factory=list)  # ... and read from a cache
 
 
-def run_sweep(configs: list[EvalConfig], use_cache: bool = True, ranks: Ranks = SINGLE,
+def run_sweep(config: SweepConfig, use_cache: bool = True, ranks: Ranks = SINGLE,
               progress: Callable[[float, str], None] | None = None, say: Callable[[str], None] | None = None
               ) -> SweepOutcome:
+    """Run the sweep `config` describes (core.eval.sweep_config) here, or this rank's share of it; its hostfile is
+    for core.jobs.sweep_job, which starts the ranks."""
+    return run_configs(config.validated().configs(), use_cache, ranks, progress, say)
+
+
+def run_configs(configs: list[EvalConfig], use_cache: bool = True, ranks: Ranks = SINGLE,
+                progress: Callable[[float, str], None] | None = None, say: Callable[[str], None] | None = None
+                ) -> SweepOutcome:
     """Run this rank's share of `configs`, then (on every rank together) gather the rows; rank 0's outcome holds
     them all. Anything that stops this rank (an error, a lost peer, SIGTERM as KeyboardInterrupt) is reported
     with the configurations lost, then raised again."""

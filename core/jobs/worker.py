@@ -94,7 +94,7 @@ def run_job(store: JobStore, job: Job, beat=None) -> Job:
             if job.kind not in KINDS:
                 raise LabError(f"Unknown job kind {job.kind!r}; the kinds are {', '.join(KINDS)}.")
             reporter(0.0, "starting")
-            result = KINDS[job.kind].run(job.spec, reporter)
+            result = KINDS[job.kind].run_job(job.spec, reporter)
         finally:
             reporter.close()
     except JobCancelled:

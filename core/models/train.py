@@ -39,12 +39,7 @@ class Recipe:
     warmup_epochs: int = 1
     seed: int = 0
     limit: int | None = None  # train on a stratified subset (for smoke tests); None = all 50,000 images
-
-    def check(self) -> None:
-        if self.model not in resnet.DEPTHS:
-            raise LabError(f"Can only train {', '.join(resnet.DEPTHS)}, not {self.model!r}.")
-        if self.epochs < 1 or self.batch_size < 1 or not (0 < self.lr < 10) or self.weight_decay < 0:
-            raise LabError("epochs and batch size must be positive, lr in (0, 10), weight decay >= 0.")
+    # Checked by core.models.train_config.TrainConfig.validated, which every run (command, job) goes through.
 
 
 def new_model(name: str, seed: int) -> nn.Module:
@@ -135,7 +130,6 @@ def _split(recipe: Recipe, split: str, limit: int | None) -> tuple[np.ndarray, n
 def train(recipe: Recipe, out: Path, progress=None, eval_every: int = 1, test_limit: int | None = None) -> list[dict]:
     """Train (or resume) into `out`; returns the per-epoch history. progress(fraction, message) is optional;
     test_limit evaluates the curve on a stratified subset of the test set (smoke tests only)."""
-    recipe.check()
     (x_train, y_train), (x_test, y_test) = _split(recipe, "train", recipe.limit), _split(recipe, "test", test_limit)
     padded = np.pad(x_train, ((0, 0), (4, 4), (4, 4), (0, 0)))
     steps = len(x_train) // recipe.batch_size  # the last partial batch is dropped (BatchNorm needs real batches)

@@ -1,10 +1,15 @@
-"""Calibration data for the calibrated methods, and how much of it each method takes by default.
+"""What the calibrated methods take, as small frozen dataclasses: the calibration data itself (CalibrationData) and
+each method's own settings (GptqSettings, AwqSettings, MixedSettings, Distillation; RtnSettings reads nothing).
+core.quant.config.QuantConfig.method_settings builds them from a validated config; core.quant.methods.apply_method
+hands each method what it uses and nothing else.
 
 Calibration data is never a test set: CIFAR-10 *train* images for the ResNets, WikiText-2 *validation* text
 for language models. Every default size lives here; the CLI, the pipeline and the dashboard ask `default_size`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import mlx.core as mx
 import numpy as np
@@ -12,6 +17,7 @@ import numpy as np
 from core import data
 from core.errors import LabError
 from core.models import resnet
+from core.quant.dwq import DwqSettings
 
 # Images, or chunks of `ctx` tokens. The per-layer measurements (`mixed`, and the sensitivity table it is built
 # from) quantize every layer at every width, so their defaults are what a 2-core CPU affords; give them more on
@@ -24,15 +30,59 @@ _DWQ_SIZES = {"vision": 4096, "lm": 64}
 
 
 @dataclass(frozen=True)
-class Calibration:
-    size: int  # images (vision) or chunks (lm)
+class CalibrationData:
+    """`size` CIFAR-10 train images, class-stratified with `seed` (vision), or `size` chunks of `ctx` WikiText-2
+    validation tokens, evenly spread (language models)."""
+
+    size: int
     ctx: int = 512
     seed: int = 0
-    target_bpw: float | None = None  # mixed precision's budget
-    dwq: object | None = None  # core.quant.dwq.DwqSettings: distillation's steps and rate (method dwq)
-    dwq_from: str | None = None  # the method distillation starts from
-    checkpoint: str | None = None  # where distillation keeps its resumable state
-    mixed_layers: str = "rtn"  # how mixed precision quantizes each layer at its width: rtn, gptq or awq
+
+
+@dataclass(frozen=True)
+class RtnSettings:
+    """Round to nearest (and full precision): nothing to calibrate."""
+
+    method: ClassVar[str] = "rtn"
+
+
+@dataclass(frozen=True)
+class GptqSettings:
+    method: ClassVar[str] = "gptq"
+    data: CalibrationData
+
+
+@dataclass(frozen=True)
+class AwqSettings:
+    method: ClassVar[str] = "awq"
+    data: CalibrationData  # chunks of tokens: AWQ is for language models
+
+
+@dataclass(frozen=True)
+class MixedSettings:
+    """Mixed precision: per-layer sensitivities measured on `data`, one width per layer chosen under the
+    bits-per-weight budget `target_bpw`, then each layer quantized at its width by `layers` (round to nearest, or
+    GPTQ or AWQ with their own data)."""
+
+    method: ClassVar[str] = "mixed"
+    data: CalibrationData
+    target_bpw: float
+    layers: RtnSettings | GptqSettings | AwqSettings = RtnSettings()
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """DWQ: the `start` method's model, then its scales, biases and norms distilled from the full-precision model
+    on `data` (core.quant.dwq, with `training`), resumable from `checkpoint`."""
+
+    method: ClassVar[str] = "dwq"
+    start: RtnSettings | GptqSettings | AwqSettings | MixedSettings
+    data: CalibrationData
+    training: DwqSettings
+    checkpoint: Path | None = None
+
+
+MethodSettings = RtnSettings | GptqSettings | AwqSettings | MixedSettings | Distillation
 
 
 def default_size(method: str, kind: str) -> int:
@@ -59,7 +109,7 @@ def calibration_tokens(tokenizer, n: int, ctx: int) -> mx.array:
     return mx.array(tokens[: chunks * ctx].reshape(chunks, ctx)[picked])
 
 
-def calibration_inputs(kind: str, tokenizer, calibration: Calibration) -> mx.array:
+def calibration_inputs(kind: str, tokenizer, calibration: CalibrationData) -> mx.array:
     if kind == "vision":
         return calibration_images(calibration.size, calibration.seed)
     return calibration_tokens(tokenizer, calibration.size, calibration.ctx)

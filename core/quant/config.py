@@ -4,6 +4,7 @@ CLI builds its flags from the fields' metadata."""
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, fields, replace
+from pathlib import Path
 
 from core import runtime
 from core.cache import digest
@@ -12,6 +13,8 @@ from core.models import registry
 from core.options import option, positive_int
 from core.quant import calibration
 from core.quant.actquant import ACT_BITS
+from core.quant.calibration import (AwqSettings, CalibrationData, Distillation, GptqSettings, MethodSettings,
+                                    MixedSettings, RtnSettings)
 from core.quant.dwq import CHECKPOINT_VERSION, DwqSettings
 from core.quant.methods import DWQ_STARTS, METHODS, MIXED_LAYERS, check_method
 from core.quant.spec import QuantSpec
@@ -35,7 +38,8 @@ def dwq_default(kind: str, name: str):
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Everything that decides the quantized weights; `validated()` fills in every default."""
+    """Everything that decides the quantized weights, flat (the CLI's flags, the cache keys); `validated()` fills in
+    every default, `method_settings()` gives the method what it takes (core.quant.calibration)."""
 
     model: str = option(MISSING, "registry name (e.g. resnet20, smollm2-135m-instruct), an mlx-lm folder or a "
                         "Hugging Face id")
@@ -77,13 +81,15 @@ class QuantConfig:
         check_method(self.method, info.kind, spec)
         calibrated = not spec.full_precision and self.method != "rtn"
         if self.act_bits is not None and (self.act_bits not in ACT_BITS or info.kind != "vision"):
-            raise LabError(f"--act-bits takes {', '.join(map(str, ACT_BITS))} and applies to the ResNets only.")
+            raise LabError(f"Simulated activations take {', '.join(map(str, ACT_BITS))} bits and apply to the ResNets "
+                           "only.", "act_bits", self.act_bits)
         if self.calib is not None and self.calib <= 0:
-            raise LabError(f"--calib must be a positive number, not {self.calib}.")
+            raise LabError(f"The calibration size must be a positive number, not {self.calib}.", "calib", self.calib)
         if self.method == "mixed" and not spec.full_precision and (self.target_bpw is None or self.target_bpw <= 0):
-            raise LabError("Method mixed needs --target-bpw, the bits-per-weight budget (e.g. 4.5).")
+            raise LabError("Method mixed needs a bits-per-weight budget (e.g. 4.5).", "target_bpw", self.target_bpw)
         if info.kind == "lm" and (self.ctx < 8 or self.ctx % 2):
-            raise LabError("--ctx must be an even number of tokens, at least 8.")
+            raise LabError(f"The chunk length must be an even number of tokens, at least 8, not {self.ctx}.", "ctx",
+                           self.ctx)
         calib = None
         if calibrated or self.act_bits:
             calib = self.calib or calibration.default_size(self.method, info.kind)
@@ -103,26 +109,30 @@ class QuantConfig:
     def _mixed_layers(self, kind: str, spec: QuantSpec, mixed: bool) -> str | None:
         if self.mixed_layers is None or not mixed:
             if self.mixed_layers not in (None, "rtn") and not spec.full_precision:
-                raise LabError("--mixed-layers applies to method mixed (or dwq from mixed).")
+                raise LabError("How layers are quantized at their widths applies to method mixed (or dwq from "
+                               "mixed).", "mixed_layers", self.mixed_layers)
             return "rtn" if mixed else None
         if self.mixed_layers not in MIXED_LAYERS:
-            raise LabError(f"--mixed-layers takes {', '.join(MIXED_LAYERS)}, not {self.mixed_layers!r}.")
+            raise LabError(f"Mixed precision quantizes its layers with {', '.join(MIXED_LAYERS)}, not "
+                           f"{self.mixed_layers!r}.", "mixed_layers", self.mixed_layers)
         check_method(self.mixed_layers, kind, spec)
         return self.mixed_layers
 
     def _dwq_settings(self, kind: str, spec: QuantSpec, calib: int) -> dict:
         start = self.dwq_from or ("awq" if kind == "lm" else "gptq")
         if start not in DWQ_STARTS:
-            raise LabError(f"--dwq-from takes {', '.join(DWQ_STARTS)}, not {start!r}.")
+            raise LabError(f"Distillation starts from {', '.join(DWQ_STARTS)}, not {start!r}.", "dwq_from", start)
         check_method(start, kind, spec)
         if start == "mixed" and (self.target_bpw is None or self.target_bpw <= 0):
-            raise LabError("--dwq-from mixed needs --target-bpw, the bits-per-weight budget (e.g. 4.5).")
+            raise LabError("Distillation from mixed needs a bits-per-weight budget (e.g. 4.5).", "target_bpw",
+                           self.target_bpw)
         defaults = _DWQ_DEFAULTS[kind]
         if calib <= defaults["held_out"]:
-            raise LabError(f"Method dwq holds out {defaults['held_out']} calibration items; give --calib more than that.")
+            raise LabError(f"Method dwq holds out {defaults['held_out']} calibration items; give a calibration size "
+                           f"above that (not {calib}).", "calib", calib)
         lr = self.dwq_lr if self.dwq_lr is not None else defaults["lr"]
         if not 0 < lr < 1:
-            raise LabError(f"--dwq-lr must be between 0 and 1, not {lr:g}.")
+            raise LabError(f"Distillation's learning rate must be between 0 and 1, not {lr:g}.", "dwq_lr", lr)
         return dict(dwq_from=start, dwq_steps=self.dwq_steps or defaults["steps"], dwq_lr=lr)
 
     @property
@@ -141,17 +151,38 @@ class QuantConfig:
             return f"mixed{self.target_bpw:g}-g{self.group_size}{layers}{activations}"
         return self.spec.tag + ("" if self.method in ("rtn", "none") else f"-{self.method}") + activations
 
-    def as_calibration(self) -> calibration.Calibration:
-        if self.method != "dwq":
-            return calibration.Calibration(self.calib or 0, self.ctx, self.seed, self.target_bpw,
-                                           mixed_layers=self.mixed_layers or "rtn")
+    def method_settings(self) -> MethodSettings:
+        """What the method of this (validated) config takes: its calibration data and its own settings, each
+        default filled in (core.quant.calibration)."""
         kind = registry.resolve(self.model).kind
+        if self.method != "dwq":
+            return self._settings(self.method, kind, self.calib or 0)
         d = _DWQ_DEFAULTS[kind]
-        settings = DwqSettings(self.dwq_steps, self.dwq_lr, d["batch"], d["held_out"], d["eval_every"], self.seed)
-        quant_fields = {f.name: getattr(self, f.name) for f in fields(QuantConfig)}  # not an evaluation's own
-        checkpoint = cache_root() / "dwq" / digest({"config": quant_fields, "version": CHECKPOINT_VERSION})
-        return calibration.Calibration(self.calib or 0, self.ctx, self.seed, self.target_bpw, settings,
-                                       self.dwq_from, str(checkpoint), self.mixed_layers or "rtn")
+        training = DwqSettings(self.dwq_steps, self.dwq_lr, d["batch"], d["held_out"], d["eval_every"], self.seed)
+        start = self._settings(self.dwq_from, kind, calibration.default_size(self.dwq_from, kind))
+        return Distillation(start, CalibrationData(self.calib, self.ctx, self.seed), training, self.dwq_checkpoint())
+
+    def _settings(self, method: str, kind: str, size: int) -> RtnSettings | GptqSettings | AwqSettings | MixedSettings:
+        """`method`'s settings with `size` calibration items (the other methods a config's method starts from, or
+        quantizes its layers with, take their own default size)."""
+        data = CalibrationData(size, self.ctx, self.seed)
+        if method in ("rtn", "none"):
+            return RtnSettings()
+        if method == "gptq":
+            return GptqSettings(data)
+        if method == "awq":
+            return AwqSettings(data)
+        if method == "mixed":
+            layers = self.mixed_layers or "rtn"
+            layer_settings = self._settings(layers, kind, calibration.default_size(layers, kind))
+            return MixedSettings(data, self.target_bpw, layer_settings)
+        raise LabError(f"Unknown method {method!r}; available: {', '.join(METHODS)}.")
+
+    def dwq_checkpoint(self) -> Path:
+        """Where distillation keeps this config's resumable state: one folder per quantization config (an
+        evaluation's own settings do not change the weights)."""
+        quant_fields = {f.name: getattr(self, f.name) for f in fields(QuantConfig)}
+        return cache_root() / "dwq" / digest({"config": quant_fields, "version": CHECKPOINT_VERSION})
 
     def baseline(self):
         """The full-precision config with the same data settings."""

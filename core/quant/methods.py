@@ -6,14 +6,13 @@ evaluation path treat all of them alike."""
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
-from pathlib import Path
 
 import mlx.nn as nn
 
 from core.errors import LabError
 from core.quant.awq import awq_lm
-from core.quant.calibration import Calibration, calibration_inputs, calibration_tokens, default_size
+from core.quant.calibration import (AwqSettings, Distillation, GptqSettings, MethodSettings, MixedSettings, RtnSettings,
+                                    calibration_inputs, calibration_tokens)
 from core.quant.dwq import distill
 from core.quant.gptq import gptq_lm, gptq_resnet
 from core.quant.layers import QuantReport, quantize_model
@@ -47,36 +46,36 @@ def check_method(method: str, kind: str, spec: QuantSpec) -> None:
         raise LabError(f"Method {method} uses this project's min-max grid; drop --q-quantizer {spec.quantizer}.")
 
 
-def apply_method(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, method: str, keep: set[str],
-                 calibration: Calibration, progress=None) -> QuantReport:
-    """Quantize `model` in place with `method`; returns what happened to each layer."""
+def apply_method(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, keep: set[str], settings: MethodSettings,
+                 progress=None) -> QuantReport:
+    """Quantize `model` in place with the method `settings` are for (core.quant.calibration); returns what happened
+    to each layer."""
     step = progress or (lambda fraction, message: None)
-    if method == "rtn" or spec.full_precision:
+    if isinstance(settings, RtnSettings) or spec.full_precision:
         return quantize_model(model, spec, keep)
-    if method == "gptq":
+    if isinstance(settings, GptqSettings):
         gptq = gptq_resnet if kind == "vision" else gptq_lm
-        packed = gptq(model, spec, keep, calibration_inputs(kind, tokenizer, calibration), step)
+        packed = gptq(model, spec, keep, calibration_inputs(kind, tokenizer, settings.data), step)
         return quantize_model(model, spec, keep, packed=packed)
-    if method == "awq":
-        awq_lm(model, spec, calibration_tokens(tokenizer, calibration.size, calibration.ctx), step)
+    if isinstance(settings, AwqSettings):
+        awq_lm(model, spec, calibration_tokens(tokenizer, settings.data.size, settings.data.ctx), step)
         return quantize_model(model, spec, keep)
-    if method == "mixed":
-        return quantize_mixed(model, tokenizer, kind, spec, keep, calibration, step)
-    if method == "dwq":
-        return _distilled(model, tokenizer, kind, spec, keep, calibration, step)
-    raise LabError(f"Unknown method {method!r}; available: {', '.join(METHODS)}.")
+    if isinstance(settings, MixedSettings):
+        return quantize_mixed(model, tokenizer, kind, spec, keep, settings, step)
+    if isinstance(settings, Distillation):
+        return _distilled(model, tokenizer, kind, spec, keep, settings, step)
+    raise LabError(f"No method takes {settings!r}; available: {', '.join(METHODS)}.")
 
 
-def _distilled(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, keep: set[str], calibration: Calibration,
+def _distilled(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, keep: set[str], settings: Distillation,
                step) -> QuantReport:
-    """DWQ: the starting method's model (with that method's own calibration), then its scales, biases and norms
-    distilled from the full-precision model on calibration.size items (core.quant.dwq)."""
+    """DWQ: the starting method's model (with that method's own settings), then its scales, biases and norms
+    distilled from the full-precision model on settings.data (core.quant.dwq)."""
     teacher = copy.deepcopy(model)
-    start = replace(calibration, size=default_size(calibration.dwq_from, kind), dwq=None)
-    report = apply_method(model, tokenizer, kind, spec, calibration.dwq_from, keep, start,
-                          progress=lambda f, m: step(0.2 * f, f"{calibration.dwq_from}: {m}"))
-    inputs = calibration_inputs(kind, tokenizer, calibration)
-    report.distillation = distill(model, teacher, inputs, calibration.dwq,
-                                  Path(calibration.checkpoint) if calibration.checkpoint else None,
+    start = settings.start.method
+    report = apply_method(model, tokenizer, kind, spec, keep, settings.start,
+                          progress=lambda f, m: step(0.2 * f, f"{start}: {m}"))
+    inputs = calibration_inputs(kind, tokenizer, settings.data)
+    report.distillation = distill(model, teacher, inputs, settings.training, settings.checkpoint,
                                   progress=lambda f, m: step(0.2 + 0.8 * f, m))
     return report

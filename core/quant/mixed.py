@@ -13,7 +13,7 @@ import numpy as np
 
 from core.errors import LabError
 from core.quant.awq import awq_lm
-from core.quant.calibration import Calibration, calibration_tokens, default_size
+from core.quant.calibration import GptqSettings, MixedSettings, RtnSettings, calibration_tokens
 from core.quant.gptq import gptq_lm
 from core.quant.layers import QuantReport, quantize_model
 from core.quant.sensitivity import Progress, sensitivity_table
@@ -133,25 +133,25 @@ def keep_full_precision(rows: list[dict], paths) -> list[dict]:
 
 
 def quantize_mixed(model: nn.Module, tokenizer, kind: str, spec: QuantSpec, keep: set[str],
-                   calibration: Calibration, progress: Progress | None = None) -> QuantReport:
-    """The `mixed` method: measured sensitivities (cached) for spec.bits..8, the allocation under
-    calibration.target_bpw, then each layer quantized at its width by calibration.mixed_layers (round to nearest,
-    GPTQ or AWQ, with their own calibration size). Fills report.layer_bits."""
-    if not calibration.target_bpw:
+                   settings: MixedSettings, progress: Progress | None = None) -> QuantReport:
+    """The `mixed` method: measured sensitivities (cached) for spec.bits..8 on settings.data, the allocation under
+    settings.target_bpw, then each layer quantized at its width by settings.layers (round to nearest, GPTQ or AWQ,
+    with their own calibration data). Fills report.layer_bits."""
+    if not settings.target_bpw:
         raise LabError("Method mixed needs a bits-per-weight budget (--target-bpw, e.g. 4.5).")
     step = progress or (lambda fraction, message: None)
-    layers = calibration.mixed_layers
-    share = 1.0 if layers == "rtn" else 0.5
-    rows = sensitivity_table(model, tokenizer, kind, mixed_choices(spec.bits), spec.group_size, calibration,
+    layers = settings.layers
+    share = 1.0 if isinstance(layers, RtnSettings) else 0.5
+    rows = sensitivity_table(model, tokenizer, kind, mixed_choices(spec.bits), spec.group_size, settings.data,
                              lambda f, m: step(share * f, m))
-    allocation = allocate_bits(keep_full_precision(rows, keep), calibration.target_bpw, spec.group_size)
+    allocation = allocate_bits(keep_full_precision(rows, keep), settings.target_bpw, spec.group_size)
     specs = {p: QuantSpec(b, spec.group_size if b < 16 else None, scale_dtype=spec.scale_dtype)
              for p, b in allocation.items()}
     packed = None
-    if layers != "rtn":
-        tokens = calibration_tokens(tokenizer, default_size(layers, kind), calibration.ctx)
-        later = lambda f, m: step(0.5 + 0.5 * f, f"{layers}: {m}")  # noqa: E731
-        if layers == "gptq":
+    if not isinstance(layers, RtnSettings):
+        tokens = calibration_tokens(tokenizer, layers.data.size, layers.data.ctx)
+        later = lambda f, m: step(0.5 + 0.5 * f, f"{layers.method}: {m}")  # noqa: E731
+        if isinstance(layers, GptqSettings):
             packed = gptq_lm(model, spec, keep, tokens, later, specs=specs)
         else:
             awq_lm(model, spec, tokens, later, specs=specs)

@@ -56,14 +56,13 @@ def quantize(config: QuantConfig, progress=None, loading_share: float = 0.0) -> 
         baseline = LazyBaseline(info)
         tokenizer, skeleton = baseline.tokenizer(), baseline.chain.model
         layers = weight_paths(skeleton)
-        model, report = quantize_lm(baseline, tokenizer, cfg.spec, cfg.method, keep_set(skeleton, cfg, layers),
-                                    cfg.as_calibration(), progress=step)
+        model, report = quantize_lm(baseline, tokenizer, cfg.spec, keep_set(skeleton, cfg, layers),
+                                    cfg.method_settings(), progress=step)
     else:
         model, tokenizer = load_baseline(info)
         layers = weight_layer_paths(model)  # of the float model: the paths activations are calibrated at
         step(loading_share, f"quantizing ({cfg.tag})")
-        report = apply_method(model, tokenizer, info.kind, cfg.spec, cfg.method, keep_set(model, cfg),
-                              cfg.as_calibration(),
+        report = apply_method(model, tokenizer, info.kind, cfg.spec, keep_set(model, cfg), cfg.method_settings(),
                               progress=lambda f, m: step(loading_share + (1 - loading_share) * f, m))
     if cfg.act_bits:
         quantize_activations(model, layers, calibration_images(cfg.calib, cfg.seed), cfg.act_bits)

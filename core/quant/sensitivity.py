@@ -21,7 +21,7 @@ from core.cache import Memo, ResultCache, digest
 from core.errors import LabError
 from core.models import lm, registry, resnet
 from core.quant.baseline import load_baseline
-from core.quant.calibration import Calibration, calibration_inputs
+from core.quant.calibration import CalibrationData, calibration_inputs
 from core.quant.layers import (dequantize_model, logical_weight_count, quantize_model, size_bytes, swap,
                                weight_layer_paths)
 from core.quant.spec import AFFINE_BITS, QuantSpec
@@ -103,19 +103,23 @@ def fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:32]
 
 
-def _validated(bits_choices, group_size: int | None, calibration: Calibration) -> tuple[list[int], int]:
+def checked_widths(bits_choices, group_size: int | None, calibration: CalibrationData) -> tuple[list[int], int]:
+    """The widths in order and the group size, or a LabError in words (core.quant.sensitivity_config's
+    SensitivityConfig.validated runs this; so does every measurement, the mixed method's included)."""
     widths = sorted(set(int(b) for b in bits_choices))
     if not widths:
-        raise LabError("Pick at least one bit width to measure.")
+        raise LabError("Pick at least one bit width to measure.", "bits")
     specs = [QuantSpec(b, group_size).validated() for b in widths]  # LabError names what is allowed
     if any(s.full_precision for s in specs):
-        raise LabError(f"Sensitivity is measured for quantized widths only: {', '.join(map(str, AFFINE_BITS))}.")
+        raise LabError(f"Sensitivity is measured for quantized widths only: {', '.join(map(str, AFFINE_BITS))}.",
+                       "bits", max(widths))
     if calibration.size <= 0:
-        raise LabError(f"The calibration size must be a positive number, not {calibration.size}.")
+        raise LabError(f"The calibration size must be a positive number, not {calibration.size}.", "calib",
+                       calibration.size)
     return widths, specs[0].group_size
 
 
-def protocol(kind: str, calibration: Calibration, group_size: int) -> str:
+def protocol(kind: str, calibration: CalibrationData, group_size: int) -> str:
     data = (f"CIFAR-10 train, {calibration.size} class-stratified images (seed {calibration.seed}); "
             "mean KL(full || quantized) per image and top-1 agreement" if kind == "vision" else
             f"WikiText-2 validation, {calibration.size} chunks of {calibration.ctx} tokens evenly spread, the second "
@@ -124,7 +128,7 @@ def protocol(kind: str, calibration: Calibration, group_size: int) -> str:
             f"the rest in full precision; {runtime.backend()}")
 
 
-def _key(model_id: str, kind: str, bits: int, group_size: int, calibration: Calibration) -> str:
+def _key(model_id: str, kind: str, bits: int, group_size: int, calibration: CalibrationData) -> str:
     env = runtime.describe()
     calib = ({"size": calibration.size, "seed": calibration.seed} if kind == "vision"
              else {"size": calibration.size, "ctx": calibration.ctx})
@@ -133,12 +137,12 @@ def _key(model_id: str, kind: str, bits: int, group_size: int, calibration: Cali
 
 
 def sensitivity_table(model: nn.Module, tokenizer, kind: str, bits_choices, group_size: int | None,
-                      calibration: Calibration, progress: Progress | None = None, use_cache: bool = True) -> list[dict]:
+                      calibration: CalibrationData, progress: Progress | None = None, use_cache: bool = True) -> list[dict]:
     """Rows (layer, bits, ...) for every quantizable layer of `model` (left unchanged) and width, in model order.
 
     Cached on disk one width at a time, so a table for (2, 3, 4, 8) and the mixed method's (4, 5, 6, 8) share
     the widths they have in common."""
-    widths, group_size = _validated(bits_choices, group_size, calibration)
+    widths, group_size = checked_widths(bits_choices, group_size, calibration)
     cache = ResultCache(settings.sensitivity_dir())
     model_id = fingerprint(model)
     keys = {b: _key(model_id, kind, b, group_size, calibration) for b in widths}
@@ -209,11 +213,11 @@ def _loss(steps: list[Step], first: int, traces) -> tuple[float, float, int]:
 _FINGERPRINTS = Memo("a named model's fingerprint, so its cached tables are found without reloading it")
 
 
-def layer_sensitivity(model_name: str, bits_choices, group_size: int | None, calibration: Calibration,
+def layer_sensitivity(model_name: str, bits_choices, group_size: int | None, calibration: CalibrationData,
                       progress: Progress | None = None, use_cache: bool = True) -> list[dict]:
     """The sensitivity table of a named model (registry name, mlx-lm folder or hub id) in float32."""
     info = registry.resolve(model_name)
-    _validated(bits_choices, group_size, calibration)  # before a model is loaded
+    checked_widths(bits_choices, group_size, calibration)  # before a model is loaded
     model, tokenizer = load_baseline(info)
     _FINGERPRINTS.put(model_name, fingerprint(model))
     rows = sensitivity_table(model, tokenizer, info.kind, bits_choices, group_size, calibration, progress, use_cache)
@@ -221,10 +225,10 @@ def layer_sensitivity(model_name: str, bits_choices, group_size: int | None, cal
 
 
 def cached_sensitivity(model_name: str, bits_choices, group_size: int | None,
-                       calibration: Calibration) -> list[dict] | None:
+                       calibration: CalibrationData) -> list[dict] | None:
     """The table when every width is cached, else None; never measures (the dashboard shows it at once)."""
     info = registry.resolve(model_name)
-    widths, group_size = _validated(bits_choices, group_size, calibration)
+    widths, group_size = checked_widths(bits_choices, group_size, calibration)
     model_id = _FINGERPRINTS.get(model_name, lambda: fingerprint(load_baseline(info)[0]))
     cache = ResultCache(settings.sensitivity_dir())
     bodies = [cache.read(_key(model_id, info.kind, b, group_size, calibration)) for b in widths]

@@ -13,7 +13,7 @@ import mlx.nn as nn
 from core.models.lm import Chain
 from core.quant.awq import awq_block, awq_config
 from core.quant.baseline import LazyBaseline
-from core.quant.calibration import Calibration, calibration_tokens
+from core.quant.calibration import AwqSettings, GptqSettings, RtnSettings, calibration_tokens
 from core.quant.gptq import gptq_block
 from core.quant.layers import QuantReport, quantize_model, swap
 from core.quant.spec import QuantSpec
@@ -29,17 +29,17 @@ def weight_paths(model: nn.Module) -> list[str]:
     return [p for p, m in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module) if isinstance(m, kinds)]
 
 
-def quantize_lm(baseline: LazyBaseline, tokenizer, spec: QuantSpec, method: str, keep: set[str],
-                calibration: Calibration, progress=None) -> tuple[nn.Module, QuantReport]:
-    """The model quantized with `method` (rtn, gptq or awq), built piece by piece; its float arrays in float32.
-    A full-precision spec leaves every piece unread (it is read, in float32, when first used)."""
+def quantize_lm(baseline: LazyBaseline, tokenizer, spec: QuantSpec, keep: set[str],
+                settings: RtnSettings | GptqSettings | AwqSettings, progress=None) -> tuple[nn.Module, QuantReport]:
+    """The model quantized by the method `settings` are for (rtn, gptq or awq), built piece by piece; its float
+    arrays in float32. A full-precision spec leaves every piece unread (it is read, in float32, when first used)."""
     step = progress or (lambda fraction, message: None)
     model = baseline.skeleton()
     if spec.full_precision:
         model.set_dtype(mx.float32)  # lazy casts: nothing is read until used
         return model, QuantReport()
     chain, report = Chain(model), QuantReport()
-    calibrated = method != "rtn"
+    method, calibrated = settings.method, not isinstance(settings, RtnSettings)
     x = None
     pieces = chain.paths
     for n, path in enumerate(pieces):
@@ -48,7 +48,7 @@ def quantize_lm(baseline: LazyBaseline, tokenizer, spec: QuantSpec, method: str,
         swap(model, path, piece)
         packed = {}
         if calibrated and path == "model.embed_tokens":
-            x = piece(calibration_tokens(tokenizer, calibration.size, calibration.ctx))
+            x = piece(calibration_tokens(tokenizer, settings.data.size, settings.data.ctx))
             mx.eval(x)
         elif calibrated and path.startswith("model.layers."):
             x, packed = _calibrate_block(model, piece, path, x, chain.mask(x, piece), spec, method, keep)

@@ -18,7 +18,7 @@ def fit_rows(model: str, widths: list[tuple[int | None, int | None, str]], metho
         return None
     rows = []
     for bits, group, mode in [(16, None, "affine"), *widths]:
-        spec = QuantSpec(bits or 4, group, mode).validated()
+        spec = QuantSpec(bits, group, mode).validated()  # a float mode: None, its own width
         stages = {f.stage: f for f in footprint.predict(shape, spec, method if not spec.full_precision else "rtn",
                                                         calib=calib, windows=windows, streams=streams,
                                                         context=SERVE_CONTEXT, dtype="bfloat16",

@@ -5,8 +5,8 @@ import os
 import pytest
 
 from conftest import needs_mirror
+from core.bench.blas_eval import blas_eval_speed
 from core.blas import choice, probe
-from core.eval.blas_bench import blas_eval_speed
 
 
 @needs_mirror

@@ -1,4 +1,4 @@
-"""The frontier bench (core/eval/frontier): the lab's and mlx-lm's recipes scored on the same windows against
+"""The frontier bench (core/bench/frontier): the lab's and mlx-lm's recipes scored on the same windows against
 the same float32 reference, the journal that lets a stopped run resume, and the ecosystem table and chart
 (core/report/ecosystem.py) built from the rows the bench writes."""
 import csv
@@ -14,14 +14,14 @@ from core.report import ecosystem
 
 @pytest.fixture(scope="module")
 def two_views(smollm2_dir):
-    from core.eval.frontier.protocol import protocol
+    from core.bench.frontier.protocol import protocol
     return protocol(2, compare=1)
 
 
 @needs_mirror
 def test_lab_and_mlx_lm_recipes_on_the_same_views_and_the_journal_resumes(two_views, tmp_path):
-    from core.eval.frontier import lab_recipes, mlx_lm_recipes
-    from core.eval.frontier.protocol import Journal
+    from core.bench.frontier import lab_recipes, mlx_lm_recipes
+    from core.bench.frontier.protocol import Journal
 
     assert [len(v.windows) for v in two_views.views] == [2, 1]
     assert "2 evenly spread, of 592" in two_views.views[0].where
@@ -41,8 +41,8 @@ def test_lab_and_mlx_lm_recipes_on_the_same_views_and_the_journal_resumes(two_vi
 
 @needs_mirror
 def test_a_recipe_that_fails_is_reported_and_the_others_go_on(two_views):
-    from core.eval.frontier import lab_recipes
-    from core.eval.frontier.protocol import Journal
+    from core.bench.frontier import lab_recipes
+    from core.bench.frontier.protocol import Journal
 
     book = Journal(None, two_views)
     out = lab_recipes.measure(two_views, book, [dict(bits=7, group_size=64), dict(bits=8, group_size=32)])

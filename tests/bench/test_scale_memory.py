@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from conftest import REPO, needs_mirror
-from core.eval.measured import parse
+from core.bench.peak_memory import parse
+from core.bench.scale import memory_goal
 from core.eval.parallel import parallel_steps
-from core.eval.size_bench import memory_goal
 from core.models.synthetic import make_random_lm
 from core.quant import footprint
 from core.quant.spec import QuantSpec
@@ -24,7 +24,7 @@ def small_model(tmp_path_factory, smollm2_dir):
 
 
 def _eval(folder, *extra):
-    return subprocess.run([sys.executable, "-m", "core.eval.measured", "core", "eval", "--model", str(folder),
+    return subprocess.run([sys.executable, "-m", "core.bench.peak_memory", "core", "eval", "--model", str(folder),
                            "--q-bits", "4", "--q-group-size", "64", "--limit", "2", "--no-bench", "--no-cache",
                            "--json", *extra], cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 

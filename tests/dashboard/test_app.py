@@ -76,6 +76,40 @@ def test_quantize_page_rejects_an_impossible_configuration():
     assert messages(at) == ["Pick at least one bit width to compare with full precision."]
 
 
+def test_quantize_page_runs_a_float_mode_at_its_own_width():
+    """mxfp8 is 8 bits in groups of 32: the config says so, the page does not pick a width for it."""
+    at = app().switch_page("views/quantize.py").run()
+    at.selectbox(key="q_model").set_value("resnet20-mlxq")
+    at.selectbox(key="q_mode").set_value("mxfp8").run()
+    at.number_input(key="q_limit").set_value(100)
+    at.checkbox(key="q_bench").uncheck()
+    at.button(key="q_run").click().run()
+    assert not at.exception and not messages(at)
+    (job,) = wait_for_jobs()
+    assert job.state == "done", job.error
+    assert [(c["mode"], c["bits"], c["group_size"]) for c in job.spec["configs"]] == [("affine", 16, None),
+                                                                                      ("mxfp8", 8, 32)]
+    at.run()
+    assert list(at.dataframe[0].value["configuration"]) == ["resnet20-mlxq fp", "resnet20-mlxq mxfp8"]
+
+
+def test_quantize_page_exports_a_configuration(tmp_path):
+    at = app().switch_page("views/quantize.py").run()
+    at.selectbox(key="q_model").set_value("resnet20-mlxq")
+    at.multiselect(key="q_bits").set_value([4]).run()
+    at.button(key="q_export").click().run()
+    assert messages(at) == ["Say where to write the export: a folder, or a .gguf file for the GGUF format."]
+    assert at.selectbox(key="q_export_format_vision").options == ["mlx"]  # GGUF holds language models
+    at.text_input(key="q_export_out").input(str(tmp_path / "mine"))
+    at.button(key="q_export").click().run()
+    assert not at.exception and not messages(at)
+    (job,) = wait_for_jobs()
+    assert job.kind == "export" and job.state == "done", job.error
+    at.run()
+    assert any(str(tmp_path / "mine") in s.value for s in at.success)
+    assert json.loads((tmp_path / "mine" / "quantization.json").read_text())
+
+
 def test_system_page_shows_live_readings():
     at = app().switch_page("views/system.py").run()
     assert not at.exception

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from conftest import REPO, needs_mirror
-from core.deploy.export import write_export
+from conftest import REPO, needs_mirror, write_export
 from core.deploy.exported import load_exported
 from core.eval.config import EvalConfig
 from core.quant.kernels import use_measured_kernels

@@ -144,7 +144,7 @@ def cli(*args):
     (["--model", "resnet20-mlxq", "--q-bits", "4", "--format", "gguf", "--out", "{tmp}/m.gguf"],
      "GGUF holds language models"),
     (["--model", "smollm2-135m-instruct", "--q-bits", "4", "--gguf-type", "Q4_K_M", "--out", "{tmp}/m"],
-     "--gguf-type goes with --format gguf"),
+     "--gguf-type Q4_K_M: A llama.cpp type goes with the GGUF format"),
     (["--model", "smollm2-135m-instruct", "--q-bits", "4", "--format", "gguf", "--out", "{tmp}/taken.gguf"],
      "a file export did not write"),
 ])
@@ -175,7 +175,7 @@ def test_cli_writes_a_gguf_and_replaces_its_own(tmp_path):
 def test_llama_cpp_computes_the_labs_perplexity_from_the_file(smollm2_gguf):
     from core import data
     from core.eval import quality
-    from core.eval.llamacpp_peer import llama_perplexity, llama_quality
+    from core.bench.llamacpp_peer import llama_perplexity, summary, window_losses
     from core.eval.quality import scored_logprobs
 
     q, result = smollm2_gguf
@@ -192,7 +192,8 @@ def test_llama_cpp_computes_the_labs_perplexity_from_the_file(smollm2_gguf):
     first = windows.shape[1] // 2
     lab_logp = [np.array(scored_logprobs(dequantize_model(q.model), mx.array(w[None]), first)[0], dtype=np.float64)
                 for w in windows]
-    measured = llama_quality(llm, windows, lab_logp)
+    losses = [window_losses(llm, window, ref) for window, ref in zip(windows, lab_logp)]
+    measured = summary([nll for nll, _ in losses], [kl for _, kl in losses])
     assert measured["tokens"] == ours.n_tokens and measured["ppl"] == pytest.approx(theirs, rel=1e-9)
     assert measured["kl"] < 0.01, measured
 
@@ -201,7 +202,7 @@ def test_llama_cpp_computes_the_labs_perplexity_from_the_file(smollm2_gguf):
 def test_llama_cpp_types_are_made_by_its_own_quantizer_from_the_labs_weights(smollm2_gguf, tmp_path):
     from core import data
     from core.eval import quality
-    from core.eval.llamacpp_peer import llama_perplexity
+    from core.bench.llamacpp_peer import llama_perplexity
 
     q, exact = smollm2_gguf
     result = write_gguf(q, tmp_path / "q8_0.gguf", gguf_type="q8_0")

@@ -10,8 +10,9 @@ from core.cli.flags import config_from_args
 from core.dist.launch import command, forwarded_settings
 from core.errors import LabError
 from core.eval.config import EvalConfig
-from core.eval.sweep import expand
-from core.jobs.sweep_job import checked_hostfile, cli_args, configs_of, spec_for
+from core.eval.sweep_config import SweepConfig, checked_hostfile, expand
+from core.jobs.kinds import KINDS
+from core.jobs.sweep_job import cli_args
 
 
 def configs_from_flags(args: list[str]) -> list[EvalConfig]:
@@ -29,9 +30,10 @@ def configs_from_flags(args: list[str]) -> list[EvalConfig]:
     EvalConfig("resnet20-mlxq", bits=4, method="mixed", target_bpw=5.5, calib=32, dtype="float32"),
 ])
 def test_the_flags_a_hostfile_sweep_runs_give_back_the_same_configurations(quantized, tmp_path):
-    spec = spec_for([quantized.validated()])
-    assert configs_from_flags(cli_args(spec, tmp_path / "summary.json")) == configs_of(spec)
-    assert quantized.validated() in configs_of(spec) and any(c.spec.full_precision for c in configs_of(spec))
+    spec = KINDS["sweep"].spec_of([SweepConfig.covering([quantized.validated()])])  # as the Quantize page queues it
+    [sweep] = KINDS["sweep"].configs_of(spec)
+    assert configs_from_flags(cli_args(sweep, tmp_path / "summary.json")) == sweep.configs()
+    assert quantized.validated() in sweep.configs() and any(c.spec.full_precision for c in sweep.configs())
 
 
 def test_a_hostfile_is_checked_and_this_machine_must_come_first(tmp_path, monkeypatch):
@@ -57,12 +59,15 @@ def test_a_hostfile_is_checked_and_this_machine_must_come_first(tmp_path, monkey
 
 
 def test_a_spec_of_the_wrong_shape_is_refused_in_words():
+    configs_of = KINDS["sweep"].configs_of
     with pytest.raises(LabError, match="'models' must be a list of names"):
         configs_of({"models": "resnet20", "bits": [4]})
     with pytest.raises(LabError, match="shared settings are a dict"):
         configs_of({"models": ["resnet20"], "bits": [4], "settings": {"colour": "red"}})
-    with pytest.raises(LabError, match="--q-bits 7"):
+    with pytest.raises(LabError, match="Bit width 7 is not supported"):
         configs_of({"models": ["resnet20"], "bits": [7]})
+    with pytest.raises(LabError, match="A sweep job has no setting 'colour'"):
+        configs_of({"models": ["resnet20"], "bits": [4], "colour": "red"})
 
 
 def test_the_labs_settings_travel_to_every_rank(monkeypatch, tmp_path):

@@ -107,10 +107,10 @@ def test_a_stopped_run_resumes_to_the_same_result(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, fragment", [
-    (dict(dwq_from="zzz"), "--dwq-from takes"),
+    (dict(dwq_from="zzz"), "Distillation starts from rtn, gptq"),
     (dict(model="resnet20-mlxq", dwq_from="awq"), "AWQ is for language models"),
-    (dict(dwq_from="mixed"), "needs --target-bpw"),
-    (dict(dwq_lr=2.0), "--dwq-lr must be between 0 and 1"),
+    (dict(dwq_from="mixed"), "from mixed needs a bits-per-weight budget"),
+    (dict(dwq_lr=2.0), "learning rate must be between 0 and 1"),
     (dict(calib=3), "holds out 4 calibration items"),
     (dict(quantizer="symmetric"), "drop --q-quantizer symmetric"),
 ])

@@ -72,7 +72,7 @@ def test_calibrated_lm_methods_lose_less_than_round_to_nearest(smollm2_dir, meth
     """Four real SmolLM2 blocks at 3 bits: calibrated on validation text, judged on test text by the KL of the
     output distribution against full precision."""
     from core import data
-    from core.quant.calibration import Calibration
+    from core.quant.calibration import AwqSettings, CalibrationData, GptqSettings, RtnSettings
     from core.quant.methods import apply_method
 
     spec = QuantSpec(3, 64).validated()
@@ -83,7 +83,9 @@ def test_calibrated_lm_methods_lose_less_than_round_to_nearest(smollm2_dir, meth
     kl = {}
     for name in ("rtn", method):
         model, _ = truncated_smollm2(4)
-        apply_method(model, tokenizer, "lm", spec, name, set(), Calibration(CALIBRATION_CHUNKS[method], ctx=128))
+        data = CalibrationData(CALIBRATION_CHUNKS[method], ctx=128)
+        settings = {"rtn": RtnSettings(), "gptq": GptqSettings(data), "awq": AwqSettings(data)}[name]
+        apply_method(model, tokenizer, "lm", spec, set(), settings)
         kl[name] = mean_kl(reference, model(test))
     assert kl[method] < 0.9 * kl["rtn"], kl
 

@@ -1,12 +1,13 @@
 """Recipes that combine: mixed precision whose layers are quantized by AWQ or GPTQ at the widths the allocation
-gave them (core/quant/mixed.py with Calibration.mixed_layers), on the first two real SmolLM2 blocks."""
+gave them (core/quant/mixed.py with MixedSettings.layers), on the first two real SmolLM2 blocks."""
 import mlx.core as mx
 import numpy as np
 import pytest
 
 from conftest import mean_kl, needs_mirror, truncated_smollm2
 from core.errors import LabError
-from core.quant.calibration import Calibration
+from core.quant.calibration import (AwqSettings, CalibrationData, GptqSettings, MixedSettings, RtnSettings,
+                                   default_size)
 from core.quant.config import QuantConfig
 from core.quant.layers import bits_per_weight
 from core.quant.methods import apply_method
@@ -29,8 +30,10 @@ def test_mixed_with_calibrated_layers_keeps_the_allocation_and_the_bits(smollm2_
     kl, widths, bpw = {}, {}, {}
     for name in ("rtn", layers):
         model, _ = truncated_smollm2(2)
-        report = apply_method(model, tokenizer, "lm", spec, "mixed", set(),
-                              Calibration(2, ctx=128, target_bpw=4.0, mixed_layers=name))
+        per_layer = {"rtn": RtnSettings(), "gptq": GptqSettings(CalibrationData(default_size("gptq", "lm"), 128)),
+                     "awq": AwqSettings(CalibrationData(default_size("awq", "lm"), 128))}[name]
+        settings = MixedSettings(CalibrationData(2, 128), target_bpw=4.0, layers=per_layer)
+        report = apply_method(model, tokenizer, "lm", spec, set(), settings)
         kl[name], widths[name], bpw[name] = mean_kl(reference, model(test)), report.layer_bits, bits_per_weight(model)
     assert widths[layers] == widths["rtn"] and len(set(widths["rtn"].values())) > 1
     assert bpw[layers] == pytest.approx(bpw["rtn"], abs=1e-9) and bpw["rtn"] <= 4.0 + 0.01

@@ -9,7 +9,8 @@ from core.errors import LabError
 from core.eval.config import EvalConfig
 from core.models.registry import resolve
 from core.quant.baseline import load_baseline
-from core.quant.calibration import default_size
+from core.quant.calibration import (AwqSettings, CalibrationData, Distillation, GptqSettings, MixedSettings,
+                                    RtnSettings, default_size)
 from core.quant.config import QuantConfig
 from core.quant.methods import methods_for
 from core.quant.recipe import keep_set, quantize
@@ -38,6 +39,25 @@ def test_calibration_defaults_come_from_one_place():
     assert mixed.calib == default_size("mixed", "vision")
     assert EvalConfig("resnet20-mlxq", bits=8, act_bits=8).validated().calib == default_size("rtn", "vision")
     assert EvalConfig("resnet20-mlxq", bits=4).validated().calib is None  # round to nearest calibrates nothing
+
+
+def test_each_method_gets_its_own_settings_with_every_default_filled_in():
+    """QuantConfig.method_settings: what apply_method hands each method, and nothing else."""
+    lm, vision = "smollm2-135m-instruct", "resnet20-mlxq"
+
+    def settings(model, **fields):
+        return QuantConfig(model, **fields).validated().method_settings()
+
+    assert settings(vision, bits=4) == settings(vision) == RtnSettings()
+    assert settings(vision, bits=4, method="gptq", calib=16, seed=3) == GptqSettings(CalibrationData(16, 512, 3))
+    assert settings(lm, bits=4, method="awq", ctx=256) == AwqSettings(CalibrationData(32, 256))
+    mixed = settings(lm, bits=3, method="mixed", target_bpw=4.5, mixed_layers="awq")
+    assert mixed == MixedSettings(CalibrationData(2), 4.5, AwqSettings(CalibrationData(32)))
+    distilled = settings(lm, bits=3, method="dwq", dwq_from="mixed", target_bpw=4.0, dwq_steps=7, seed=1)
+    assert isinstance(distilled, Distillation) and distilled.data == CalibrationData(64, 512, 1)
+    assert distilled.start == MixedSettings(CalibrationData(2, 512, 1), 4.0)  # its own default size
+    assert (distilled.training.steps, distilled.training.lr, distilled.training.seed) == (7, 2e-4, 1)
+    assert distilled.checkpoint.parent.name == "dwq"
 
 
 def test_methods_per_kind():

@@ -12,7 +12,7 @@ from conftest import needs_mirror
 from core.errors import LabError
 from core.models.registry import resolve
 from core.quant.baseline import load_baseline
-from core.quant.calibration import Calibration, calibration_images
+from core.quant.calibration import CalibrationData, MixedSettings, calibration_images
 from core.quant.layers import bits_per_weight, dequantize_model, quantize_model, weight_layer_paths
 from core.quant.methods import apply_method
 from core.quant.mixed import UNITS, allocate_bits, keep_full_precision, predicted_bpw
@@ -61,7 +61,7 @@ def test_forward_steps_compose_to_the_whole_forward_pass(smollm2_dir):
 @needs_mirror
 def test_sensitivities_are_real_cached_and_the_allocation_gives_the_predicted_bits_per_weight():
     started = time.perf_counter()
-    rows = layer_sensitivity(OWN, (2, 4, 8), 64, Calibration(128))
+    rows = layer_sensitivity(OWN, (2, 4, 8), 64, CalibrationData(128))
     measured_s = time.perf_counter() - started
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     assert len(layers) == 20 and len(rows) == 60 and layers[0] == "conv1" and layers[-1] == "linear"
@@ -82,10 +82,10 @@ def test_sensitivities_are_real_cached_and_the_allocation_gives_the_predicted_bi
 
     # The second time it comes from the cache, and the dashboard finds it without measuring.
     started = time.perf_counter()
-    assert layer_sensitivity(OWN, (2, 4, 8), 64, Calibration(128)) == rows
+    assert layer_sensitivity(OWN, (2, 4, 8), 64, CalibrationData(128)) == rows
     assert time.perf_counter() - started < min(5.0, measured_s / 4)
-    assert cached_sensitivity(OWN, (8, 4, 2), 64, Calibration(128)) == rows
-    assert cached_sensitivity(OWN, (2, 3), 64, Calibration(128)) is None
+    assert cached_sensitivity(OWN, (8, 4, 2), 64, CalibrationData(128)) == rows
+    assert cached_sensitivity(OWN, (2, 3), 64, CalibrationData(128)) is None
 
     # The allocation's predicted bits per weight is what the quantized model stores.
     allocation = allocate_bits(rows, 4.5, 64)
@@ -104,7 +104,7 @@ def test_sensitivities_are_real_cached_and_the_allocation_gives_the_predicted_bi
 def test_measuring_leaves_the_model_unchanged():
     model, _ = load_baseline(resolve(OWN))
     before = fingerprint(model)
-    rows = sensitivity_table(model, None, "vision", (3,), 32, Calibration(32), use_cache=False)
+    rows = sensitivity_table(model, None, "vision", (3,), 32, CalibrationData(32), use_cache=False)
     assert len(rows) == 20 and all(r["group_size"] == 32 for r in rows)
     assert fingerprint(model) == before
 
@@ -171,7 +171,7 @@ def test_mixed_method_quantizes_within_the_budget_through_apply_method_and_run_e
 
     model, _ = load_baseline(resolve(OWN))
     # Lowest width 3 (choices 3, 4, 5, 6, 8); uniform 4-bit g64 would be 5.01 bits per weight.
-    report = apply_method(model, None, "vision", QuantSpec(3, 64), "mixed", {"conv1"}, Calibration(128, target_bpw=4.5))
+    report = apply_method(model, None, "vision", QuantSpec(3, 64), {"conv1"}, MixedSettings(CalibrationData(128), 4.5))
     assert bits_per_weight(model) <= 4.5
     assert "conv1" in report.kept and "conv1" not in report.layer_bits
     assert set(report.layer_bits) == set(report.quantized) and len(report.quantized) == 19

@@ -13,7 +13,7 @@ from core.eval.pipeline import run_eval
 from core.models.lm import Chain
 from core.models.registry import resolve
 from core.quant.baseline import LazyBaseline, load_baseline
-from core.quant.calibration import Calibration
+from core.quant.calibration import AwqSettings, CalibrationData, GptqSettings, RtnSettings
 from core.quant.layers import dequantize_model
 from core.quant.methods import apply_method
 from core.quant.recipe import quantize
@@ -28,7 +28,9 @@ def _whole(folder, method: str):
     """The same configuration the old way: the whole float32 model in memory, quantized in place."""
     model, tokenizer = load_baseline(resolve(str(folder)))
     spec = QuantSpec(4, 64).validated()
-    apply_method(model, tokenizer, "lm", spec, method, set(), Calibration(CALIB, 512))
+    settings = {"rtn": RtnSettings(), "gptq": GptqSettings(CalibrationData(CALIB, 512)),
+                "awq": AwqSettings(CalibrationData(CALIB, 512))}[method]
+    apply_method(model, tokenizer, "lm", spec, set(), settings)
     return model, tokenizer
 
 

@@ -4,7 +4,7 @@ one quantization path (core.quant.recipe) with its default calibration (WikiText
 protocol's windows from its de-quantized weights."""
 from __future__ import annotations
 
-from core.eval.frontier.protocol import MODEL, Journal, Measured, Protocol, timed
+from core.bench.frontier.protocol import MODEL, Journal, Measured, Protocol, timed
 from core.quant.config import QuantConfig
 from core.quant.layers import bits_per_weight, dequantize_model
 from core.quant.recipe import quantize

@@ -15,9 +15,9 @@ import mlx.core as mx
 import numpy as np
 
 from core import runtime
+from core.bench.frontier.protocol import Journal, Measured, Protocol
+from core.bench.llamacpp_peer import summary, window_losses
 from core.eval import quality
-from core.eval.frontier.protocol import Journal, Measured, Protocol
-from core.eval.llamacpp_peer import summary, window_losses
 
 TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q3_K_S", "Q2_K")
 

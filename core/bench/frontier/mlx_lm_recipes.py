@@ -18,7 +18,7 @@ import copy
 import mlx.core as mx
 import mlx.nn as nn
 
-from core.eval.frontier.protocol import CTX, Journal, Measured, Protocol, timed
+from core.bench.frontier.protocol import CTX, Journal, Measured, Protocol, timed
 from core.quant.calibration import calibration_tokens, default_size
 from core.quant.layers import bits_per_weight, dequantize_model
 

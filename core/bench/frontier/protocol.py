@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from core import data, runtime
+from core.bench.rows import BenchRow
 from core.eval import quality
-from core.eval.bench_rows import BenchRow
 from core.quant.config import QuantConfig
 from core.quant.layers import dequantize_model
 from core.quant.recipe import Quantized, quantize

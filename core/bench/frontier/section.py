@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.eval.bench_rows import BenchRow
-from core.eval.frontier import lab_recipes, llama_types, mlx_lm_recipes
-from core.eval.frontier.protocol import Journal, protocol
+from core.bench.frontier import lab_recipes, llama_types, mlx_lm_recipes
+from core.bench.frontier.protocol import Journal, protocol
+from core.bench.rows import BenchRow
 
 TOOLS = ("lab", "mixed", "dwq", "mlx-lm", "llama.cpp")  # "mixed", "dwq": the lab's mixed and distilled recipes
 
