@@ -172,7 +172,7 @@ def threads_per_core() -> int | None:
 
 # glibc serves allocations above its mmap threshold (at most 32 MiB by default) with fresh mmap'd pages and
 # gives them back on free, so every large MLX buffer on the CPU is page-faulted in anew on every op (MLX's own
-# im2col buffers included; README "Performance" has the measured cost). Keeping large blocks on the heap (and not trimming it) removes that cost; RSS then stays at its high-water mark.
+# im2col buffers included; docs/performance.md has the measured cost). Keeping large blocks on the heap (and not trimming it) removes that cost; RSS then stays at its high-water mark.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 TUNED_THRESHOLD = 1 << 30
 GLIBC_DEFAULT_MMAP_MAX, GLIBC_DEFAULT_TRIM = 32 << 20, 64 << 20  # the dynamic default's steady state

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Full-test-set quality numbers (the README's results): every ResNet and SmolLM2 at each bit width, as CSVs.
+# Full-test-set quality numbers (docs/results.md): every ResNet and SmolLM2 at each bit width, as CSVs.
 # Quality comes from the de-quantized weights (proven equal to the quantized kernels by the tests);
 # a second pass benchmarks speed and memory with the real quantized kernels. Usage: scripts/full_eval.sh [OUT_DIR]
 set -uo pipefail

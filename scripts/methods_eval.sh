@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Calibrated methods against round-to-nearest on the full test sets (issue 6's table in the README):
+# Calibrated methods against round-to-nearest on the full test sets (the table in docs/methods.md):
 # SmolLM2 on all of WikiText-2 test, at 4 and 3 bits (group 64) and a mixed-precision recipe at 4.5 bits/weight.
 # Calibration: WikiText-2 validation (never the test set). Usage: scripts/methods_eval.sh [OUT_DIR] [CALIB_CHUNKS]
 set -uo pipefail

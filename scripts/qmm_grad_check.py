@@ -1,6 +1,6 @@
 """Gradients of MLX's quantized matmul with respect to its scales and biases, on every device this machine has,
 against the same gradients through an explicit de-quantize + matmul (what they must equal). Distillation (the
-lab's DWQ and mlx-lm's) trains through them; mlx-lm's DWQ made SmolLM2 worse on the H200 (README, "Against the
+lab's DWQ and mlx-lm's) trains through them; mlx-lm's DWQ made SmolLM2 worse on the H200 (docs/results.md, "Against the
 ecosystem"), and this is the first thing to check on a GPU. Usage: python scripts/qmm_grad_check.py"""
 import mlx.core as mx
 import mlx.nn as nn

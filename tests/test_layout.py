@@ -6,7 +6,7 @@ functions stay small. Run alone with `python -m pytest tests/test_layout.py` (no
          ├─> bench ──────────────┴─> eval ─┐
          └─> serve ────────────────────────┴─> deploy ──> quant ──> models ──> dist ──> base
 
-base = errors, settings, options, runtime, blas, cache, data; dist (mx.distributed groups and collectives) sits just
+base = errors, settings, options, runtime, parallel, blas, cache, data; dist (mx.distributed groups and collectives) sits just
 above base. A module may import its own package and any lower layer,
 except that serve stands beside eval and report: serve never imports them, nor they serve; bench (benchmark
 reports against peers) stands beside report, neither importing the other, and never imports serve (it reaches
@@ -20,7 +20,7 @@ import pytest
 CORE = Path(__file__).resolve().parent.parent / "core"
 RANK = {"base": 0, "dist": 0.5, "models": 1, "quant": 2, "deploy": 3, "eval": 4, "serve": 4, "report": 5, "bench": 5,
         "jobs": 6, "cli": 7}
-BASE = {"errors", "settings", "options", "runtime", "blas", "cache", "data", "__init__"}
+BASE = {"errors", "settings", "options", "runtime", "parallel", "blas", "cache", "data", "__init__"}
 APART = {("serve", "eval"), ("serve", "report"), ("eval", "serve"), ("report", "serve"), ("jobs", "serve"),
          ("bench", "serve")}
 MAX_MODULE_LINES = 350

@@ -242,7 +242,7 @@ def _run(name: str, bits: list, settings: dict, right) -> None:
     """Run: the configurations as an eval job for the worker, or a sweep on the hosts of a hostfile."""
     where = right.radio("Run on", ("this machine", "the hosts of a hostfile"), key="q_where", horizontal=True,
                         help="this machine: the lab's worker process runs it. Hostfile: a sweep spread over several "
-                             "machines with mlx.launch (this machine first in the file; README: several Macs)")
+                             "machines with mlx.launch (this machine first in the file; docs/scale.md: several Macs)")
     hostfile = right.text_input("Hostfile (JSON, as mlx.distributed_config writes it)", key="q_hostfile",
                                 placeholder="hosts.json") if where != "this machine" else ""
     if st.button("Run", type="primary", key="q_run", help="Queued for the worker: leave the page or reload, it goes "

@@ -18,7 +18,7 @@ from pathlib import Path
 from core import runtime, settings
 from core.bench.peak_memory import parse
 from core.bench.rows import BenchRow
-from core.eval.parallel import parallel_steps
+from core.parallel import parallel_steps
 from core.quant import footprint
 from core.quant.spec import QuantSpec
 from core.settings import REPO_ROOT

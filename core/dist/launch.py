@@ -54,7 +54,7 @@ def _load(path: Path):
     except OSError:
         raise LabError(f"Hostfile {path} cannot be read.") from None
     except ValueError:
-        raise LabError(f"Hostfile {path} is not JSON: write one with mlx.distributed_config or see the README "
+        raise LabError(f"Hostfile {path} is not JSON: write one with mlx.distributed_config or see docs/scale.md "
                        "(a list of {\"ssh\": NAME, \"ips\": [IP]}).") from None
 
 

@@ -14,7 +14,7 @@ import mlx.nn as nn
 import numpy as np
 
 from core import runtime
-from core.eval.parallel import map_batches
+from core.parallel import map_batches
 from core.eval.quality import DEFAULT_BATCH, SCORE_NAMES, Progress, token_losses
 from core.models.lm import Chain
 from core.quant.footprint import HEAD_ROWS, window_group

@@ -14,7 +14,7 @@ run through mx.conv2d on the images.
 
 BatchNorm is folded into the kernels. The result equals the module forward to float32 rounding
 (tests/eval/test_flatconv.py); core.eval.pipeline uses it for the de-quantized evaluation path on the CPU.
-`classify` spreads the batches over one CPU stream per core (core.eval.parallel)."""
+`classify` spreads the batches over one CPU stream per core (core.parallel)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from core.eval.parallel import map_batches
+from core.parallel import map_batches
 from core.models.resnet import CifarResNet, folded_batchnorm
 
 FLAT_BATCH = 200  # images per call: larger batches fall out of the CPU caches (measured 100-500)
@@ -85,7 +85,7 @@ class FlatResNet:
             return None
 
     def classify(self, inputs: mx.array, batch_size: int = FLAT_BATCH, progress=None) -> np.ndarray:
-        """Logits for every input row, batches spread over the CPU streams (core.eval.parallel)."""
+        """Logits for every input row, batches spread over the CPU streams (core.parallel)."""
         n = inputs.shape[0]
         batches = [inputs[lo: lo + batch_size] for lo in range(0, n, batch_size)]
         return np.concatenate([np.array(logits) for logits in

@@ -16,7 +16,7 @@ from core.dist.group import SINGLE, Ranks
 from core.eval import blockwise, quality
 from core.eval.config import EvalConfig, EvalResult, cache_key, result_cache
 from core.eval.flatconv import FlatResNet
-from core.eval.parallel import parallel_steps
+from core.parallel import parallel_steps
 from core.eval.speed import bench_classifier, bench_generation
 from core.models import resnet
 from core.models.lm import Chain

@@ -11,7 +11,7 @@ import numpy as np
 
 from core import data, runtime
 from core.cache import Memo
-from core.eval.parallel import map_batches
+from core.parallel import map_batches
 from core.models.lm import output_head
 from core.quant.precision import activation_dtype
 
@@ -119,7 +119,7 @@ def token_scores(model: nn.Module, windows: np.ndarray, reference: nn.Module | N
                  ordered: bool = True) -> dict[str, np.ndarray]:
     """Per scored token, [n_windows, ctx - ctx // 2 - 1] float32 arrays: `loss` (negative log-likelihood of the
     target), and with `reference` also `kl` (KL(reference || model)) and `reference_loss`. Batches of windows run on
-    one CPU stream per core (core.eval.parallel). `ordered=False` leaves the two passes' order to the lazy graph
+    one CPU stream per core (core.parallel). `ordered=False` leaves the two passes' order to the lazy graph
     (the bench's ppl-kl section measures both)."""
     n_chunks, ctx = windows.shape
     first = ctx // 2

@@ -4,7 +4,7 @@ mlx-lm's `mlx_lm.quant.awq` does the search well: per block, a per-channel scale
 input into the operation before it (a norm, or up_proj before down_proj), chosen on a grid of
 (mean |activation|)^ratio to minimise the block's output error, then a per-group clipping search. We reuse its
 search functions (`scale_block`, `clip_block`, `run_layer`) with our quantizer plugged in; its driver is not
-reused because it quantizes with `mx.quantize` (zero-snapping: bad for SmolLM2, see README) and needs the hub
+reused because it quantizes with `mx.quantize` (zero-snapping: bad for SmolLM2, see docs/methods.md) and needs the hub
 for calibration text. The result is a float model whose weights round better; round-to-nearest then packs it.
 """
 from __future__ import annotations

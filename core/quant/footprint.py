@@ -24,6 +24,18 @@ _LOGIT_ARRAYS = 6  # vocabulary-wide float32 arrays per scored position alive at
 _STAGES = ("quantize", "evaluate", "serve")
 HEAD_ROWS = 128  # positions scored at once by blockwise evaluation (core.eval.blockwise)
 HIDDEN_BUDGET_BYTES = 256 << 20  # one model's hidden states of a window group (core.eval.blockwise)
+# A calibration pass through one block (GPTQ) takes as many sequences as keep its largest activations within this.
+CALIBRATION_BATCH_BYTES = 256 << 20
+MAX_CALIBRATION_BATCH = 8
+
+
+def calibration_batch_bytes(ctx: int, widest: int, heads: int, parallel: int = 1) -> tuple[int, int]:
+    """(sequences per batch of a calibration pass, the bytes of the activations of the `parallel` batches run at
+    once) for sequences of `ctx` tokens through a block whose widest layer has `widest` outputs (three such in an
+    MLP) and `heads` attention heads (their scores and weights), in float32."""
+    per_sequence = ctx * (3 * widest + 2 * heads * ctx) * 4
+    batch = max(1, min(MAX_CALIBRATION_BATCH, CALIBRATION_BATCH_BYTES // (parallel * per_sequence)))
+    return batch, parallel * batch * per_sequence
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,7 @@ def predict(shape: Shape, spec: QuantSpec, method: str = "rtn", calib: int = 0, 
             parallel: int = 1) -> list[Footprint]:
     """The predicted peak of each stage: quantize, evaluate (perplexity + KL on `windows` chunks of `ctx`),
     serve (`streams` sequences of `context` tokens, KV cache in `dtype`). `parallel`: scoring steps computed at
-    once (core.eval.parallel runs one per CPU stream)."""
+    once (core.parallel runs one per CPU stream)."""
     largest = max(shape.vocab * shape.hidden, shape.block_weights())
     scoring = {"logits of a scoring step": parallel * HEAD_ROWS * shape.vocab * 4 * _LOGIT_ARRAYS,
                "hidden states": 2 * min(windows, window_group(ctx, shape.hidden)) * ctx * shape.hidden * 4}
@@ -150,14 +162,20 @@ def _method_parts(shape: Shape, method: str, calib: int, ctx: int) -> dict:
         return {}
     tokens = calib * ctx
     h, m = shape.hidden, shape.mlp
-    parts = {"calibration activations": 2 * tokens * h * 4,
-             "activations of a calibration batch": 8 * ctx * (3 * m + 2 * shape.heads * ctx) * 4}
-    if method == "gptq":  # one Hessian per layer of the block, and the column sweep's working copies
-        parts["Hessians"] = sum(k * k for _, k in shape.block_matrices()) * 4
-        parts["column sweep"] = max(r * k for r, k in shape.block_matrices()) * 4 * 3
-    else:  # AWQ keeps every layer's recorded inputs
-        parts["recorded inputs"] = 4 * tokens * (h + m) * 4
-    return parts
+    parts = {"calibration activations": 2 * tokens * h * 4}
+    batch = {"activations of a calibration batch": calibration_batch_bytes(ctx, max(m, h), shape.heads)[1]}
+    if method == "awq":  # AWQ keeps every layer's recorded inputs; mlx-lm's passes take their own batches
+        return {**parts, "activations of a calibration batch": 8 * ctx * (3 * m + 2 * shape.heads * ctx) * 4,
+                "recorded inputs": 4 * tokens * (h + m) * 4}
+    # GPTQ's three moments, the largest counted: the calibration pass (one Hessian per distinct input: q, k, v
+    # share one, gate and up another), the largest input's inverse factor being made (about 2.6 times its
+    # Hessian, core.quant.gptq.factor_of) and a column sweep (its factor and three working copies of the weight).
+    widths = {k for _, k in shape.block_matrices()}
+    hessians = (2 * h * h + shape.heads * shape.head_dim * shape.heads * shape.head_dim + m * m) * 4
+    moments = [{**batch, "Hessians": hessians},
+               {"inverse factor of the widest input": int(2.6 * max(widths) ** 2 * 4)},
+               {"column sweep": max(k * k + 3 * r * k for r, k in shape.block_matrices()) * 4}]
+    return {**parts, **max(moments, key=lambda d: sum(d.values()))}
 
 
 def check_limit(footprints: list[Footprint], stage: str, limit_gb: float | None) -> None:

@@ -1,19 +1,22 @@
 """GPTQ (Frantar et al. 2022) on this project's min-max affine grid, for Linear layers and convolutions.
 
 Why our own rather than `mlx_lm.gptq`: that one supports 2, 4 and 8 bits only and takes its grid from
-`mx.quantize`, whose zero-snapping costs SmolLM2 (a de-quantized Q4_1 model) more than GPTQ wins back (README).
+`mx.quantize`, whose zero-snapping costs SmolLM2 (a de-quantized Q4_1 model) more than GPTQ wins back (docs/methods.md).
 Here the grid of each group is min-max over the group's *current* (error-corrected) weights, chosen when the
 sweep reaches the group, as in the reference implementation without activation reordering; integers are packed
 in MLX's layout, so the result is an ordinary quantized layer.
 
-Everything runs in MLX: the factor of the inverse Hessian on the CPU stream (MLX's linalg runs nowhere else),
-the sweep on the default device (a GPU where there is one). Each column's integers depend on the errors of all
+Everything runs in MLX: the Hessians and the factor of their inverse (core.quant.hessian), and the sweep on the
+default device (a GPU where there is one). Each column's integers depend on the errors of all
 columns before it, so the sweep is sequential; it is batched as in the reference, by deferring what an error
 does to far columns. One compiled step quantizes a whole group, its columns unrolled SUB at a time: each error
 is applied at once within its SUB-wide tile, and a tile's errors reach the rest of the group as one small
 matmul; the rest of a BLOCK gets a group's errors as one matmul, the columns beyond it a block's as one more.
-The lazy graph is evaluated once per block. The Hessians (X^T X of each layer's calibration inputs) are built
-with MLX too.
+The lazy graph is evaluated once per block.
+
+Language models go block by block: one calibration pass records every layer's Hessian (the last layer of the
+block is not run: nothing reads its outputs), then each layer is swept, then a second pass through the quantized
+block makes the next block's inputs. Both passes spread their batches over the CPU streams (core.parallel).
 """
 from __future__ import annotations
 
@@ -21,19 +24,18 @@ from functools import lru_cache
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 from mlx.utils import tree_flatten
 
-from core import runtime
 from core.errors import LabError
+from core.parallel import map_batches, parallel_steps
+from core.quant import footprint
 from core.quant.conv import im2col
+from core.quant.hessian import HessianCatcher, factor_of, inverse_factor
 from core.quant.layers import module_at, swap, weight_layer_paths
 from core.quant.quantizers import dequantize_matrix, pack, stored_dtype
 from core.quant.spec import QuantSpec
 
-DAMPING = 0.01  # fraction of the mean Hessian diagonal added to it (the paper's default)
 BLOCK = 128  # columns updated lazily together; a multiple of every group size
-FACTOR_BLOCK = 1024  # the inverse's factorisation: blocks factored on the CPU, products between them on the device
 SUB = 16  # inside a group, columns updated eagerly together (a tile that stays in cache); divides every group size
 
 
@@ -59,72 +61,6 @@ def gptq_matrix(w: mx.array, hessian, spec: QuantSpec, factor: mx.array | None =
             tail = tail - mx.concatenate(errors, axis=1) @ U[i1:i2, i2:]
         mx.eval(tail, q, scales, biases)
     return (pack(mx.concatenate(q, axis=1), spec.bits), mx.stack(scales, axis=1), mx.stack(biases, axis=1))
-
-
-def inverse_factor(hessian) -> mx.array:
-    """The upper Cholesky factor U of H^-1 (U^T U = H^-1), row i holding the update direction for the columns
-    after i, of H damped by DAMPING * mean(diag) after dead columns (zero diagonal) are given a unit diagonal.
-    Float32, as in the reference implementation (float64 changes almost no integer)."""
-    if isinstance(hessian, np.ndarray):
-        hessian = mx.array(hessian.astype(np.float32))
-    H = hessian.astype(mx.float32)
-    d = mx.diag(H)
-    alive = mx.where(d == 0, 1.0, d)
-    H = H + mx.diag(alive - d + DAMPING * alive.mean())
-    # With J the order reversal, J H J = N N^T (N lower) gives H^-1 = (J N^-1 J)^T (J N^-1 J), J N^-1 J upper:
-    # the factor the reference gets from cholesky, cholesky_inv and an upper cholesky, in half the arithmetic.
-    N = _blocked_cholesky(H[::-1, ::-1])
-    U = _blocked_tri_inv(N)[::-1, ::-1]
-    mx.eval(U)
-    return U
-
-
-def _direct_up_to() -> int:
-    """The largest matrix factored whole on the CPU: on a CPU the blocked form gains only for large ones; with a GPU
-    its products are where the time would go."""
-    return 4 * FACTOR_BLOCK if runtime.backend() == "cpu" else FACTOR_BLOCK
-
-
-def _small(op, a: mx.array) -> mx.array:
-    """`op` (an mx.linalg function) on one diagonal block: MLX's linalg runs on the CPU stream only. One BLAS
-    thread: the bundled reference LAPACK calls BLAS in many panel-sized pieces, and a multi-threaded BLIS pays a
-    hand-off per call that costs far more than it saves, ruinously so on a busy machine."""
-    with mx.stream(mx.cpu), runtime.blas_threads(1):
-        out = op(a)
-        mx.eval(out)
-    return out
-
-
-def _blocked_cholesky(H: mx.array) -> mx.array:
-    """Lower L with L L^T = H, right-looking by blocks of FACTOR_BLOCK: each diagonal block factored on the CPU,
-    the panel and the trailing update as matrix products on the default device (a GPU where there is one)."""
-    n, b = H.shape[0], FACTOR_BLOCK
-    if n <= _direct_up_to():
-        return _small(mx.linalg.cholesky, H)
-    columns, trailing = [], H
-    for k in range(0, n, b):
-        size = min(b, n - k)
-        diag = _small(mx.linalg.cholesky, trailing[:size, :size])
-        panel = trailing[size:, :size] @ _small(mx.linalg.tri_inv, diag).T
-        columns.append(mx.concatenate([mx.zeros((k, size)), diag, panel]))
-        trailing = trailing[size:, size:] - panel @ panel.T
-        mx.eval(columns[-1], trailing)
-    return mx.concatenate(columns, axis=1)
-
-
-def _blocked_tri_inv(L: mx.array) -> mx.array:
-    """L^-1 of a lower triangular L by block rows: row block i is -D_i^-1 (L_i,<i L^-1_<i) beside D_i^-1."""
-    n, b = L.shape[0], FACTOR_BLOCK
-    if n <= _direct_up_to():
-        return _small(mx.linalg.tri_inv, L)
-    rows = []
-    for k in range(0, n, b):
-        size = min(b, n - k)
-        inv = _small(mx.linalg.tri_inv, L[k:k + size, k:k + size])
-        left = -inv @ (L[k:k + size, :k] @ mx.concatenate(rows)[:, :k]) if k else mx.zeros((size, 0))
-        rows.append(mx.concatenate([left, inv, mx.zeros((size, n - k - size))], axis=1))
-        mx.eval(rows[-1])
-    return mx.concatenate(rows)
 
 
 @lru_cache(maxsize=None)
@@ -155,40 +91,13 @@ def _group_step(group: int, stored: mx.Dtype):
     return mx.compile(step)
 
 
-class HessianCatcher(nn.Module):
-    """Stands in for a layer: accumulates X^T X of its inputs (as rows, via `to_rows`), then calls the layer.
-    Catchers given one `shared` dict reuse each other's product when called on the very same input array in a
-    row (q, k and v of one attention; gate and up of one MLP): that layer follows the first one (`leader`)."""
-
-    def __init__(self, layer: nn.Module, to_rows, shared: dict | None = None):
-        super().__init__()
-        self.layer = layer
-        self._to_rows = to_rows
-        self._shared = shared
-        self._h, self._count = None, 0
-        self.leader = self  # the catcher whose Hessian this one's equals
-
-    def __call__(self, x, *args, **kwargs):
-        last = self._shared.get("last") if self._shared is not None else None
-        if last is not None and last[0] is x and self._count == 0 and last[1].leader is last[1]:
-            self.leader = last[1]  # the same input as the layer called just before: its Hessian is ours
-        elif self.leader is not self and (last is None or last[0] is not x):
-            raise LabError("GPTQ: a layer that shared its inputs with the one before stopped doing so.")
-        if self.leader is self:
-            self._add(self._to_rows(x).astype(mx.float32))
-            if self._shared is not None:
-                self._shared["last"] = (x, self)
-        return self.layer(x, *args, **kwargs)
-
-    def _add(self, rows: mx.array) -> None:
-        self._h = rows.T @ rows if self._h is None else self._h + rows.T @ rows
-        self._count += rows.shape[0]
-        mx.eval(self._h)
-
-    def hessian(self) -> mx.array:
-        if self.leader is not self:
-            return self.leader.hessian()
-        return self._h / max(self._count, 1)
+def calibration_batch(block: nn.Module, x: mx.array) -> int:
+    """How many calibration sequences of `x` [n, ctx, hidden] one pass through `block` takes, so a big model's
+    pass does not hold gigabytes of activations (core.quant.footprint.calibration_batch_bytes)."""
+    widest = max(m.weight.shape[0] for _, m in tree_flatten(block.leaf_modules(), is_leaf=nn.Module.is_module)
+                 if isinstance(m, (nn.Linear, nn.QuantizedLinear)))
+    heads = getattr(getattr(block, "self_attn", None), "n_heads", 1)
+    return footprint.calibration_batch_bytes(x.shape[1], widest, heads, parallel_steps())[0]
 
 
 # ---- whole models ------------------------------------------------------------------------------------------------
@@ -217,7 +126,7 @@ def gptq_resnet(model: nn.Module, spec: QuantSpec, keep: set[str], images: mx.ar
         catcher = _MeanCatcher(layer, rows)
         swap(model, path, catcher)
         for i in range(0, images.shape[0], batch):
-            mx.eval(model(images[i:i + batch]))
+            mx.eval(model(images[i:i + batch]), catcher.pending(), catcher._sum)
         swap(model, path, layer)
         packed[path] = gptq_matrix(flat, catcher.hessian(), spec)
         quantized = dequantize_matrix(*packed[path], spec)
@@ -244,7 +153,7 @@ class _MeanCatcher(HessianCatcher):
         return self._sum / max(self._count, 1)
 
 
-def gptq_lm(model: nn.Module, spec: QuantSpec, keep: set[str], tokens: mx.array, progress, batch: int = 8,
+def gptq_lm(model: nn.Module, spec: QuantSpec, keep: set[str], tokens: mx.array, progress,
             specs: dict[str, QuantSpec] | None = None):
     """GPTQ the Linear layers of a LLaMA-style mlx-lm model block by block: each block's Hessians come from the
     calibration activations as the already-quantized blocks before it produce them. The embedding (and a head
@@ -261,14 +170,22 @@ def gptq_lm(model: nn.Module, spec: QuantSpec, keep: set[str], tokens: mx.array,
     blocks = model.layers
     for b, block in enumerate(blocks):
         progress(b / len(blocks), f"GPTQ block {b + 1}/{len(blocks)}")
-        packed |= gptq_block(block, f"model.layers.{b}.", x, mask, spec, keep, specs, batch)
-        x = mx.concatenate([block(x[i:i + batch], mask) for i in range(0, x.shape[0], batch)])
-        mx.eval(x)
+        packed |= gptq_block(block, f"model.layers.{b}.", x, mask, spec, keep, specs)
+        x = block_outputs(block, x, mask)
     return packed
 
 
+def block_outputs(block: nn.Module, x: mx.array, mask) -> mx.array:
+    """`block` run over every calibration sequence of `x`, a batch at a time: the next block's inputs."""
+    batch = calibration_batch(block, x)
+    out = mx.concatenate(list(map_batches(lambda part: block(part, mask),
+                                          [x[i:i + batch] for i in range(0, x.shape[0], batch)])))
+    mx.eval(out)
+    return out
+
+
 def gptq_block(block: nn.Module, prefix: str, x: mx.array, mask, spec: QuantSpec, keep: set[str],
-               specs: dict[str, QuantSpec] | None = None, batch: int = 8) -> dict:
+               specs: dict[str, QuantSpec] | None = None) -> dict:
     """GPTQ one block's Linear layers in place, on its inputs `x`: their weights become the de-quantized ones.
     `prefix` ('model.layers.3.') turns the block's paths into the model's, which `keep`, `specs` and the
     returned {path: packed} use."""
@@ -278,18 +195,36 @@ def gptq_block(block: nn.Module, prefix: str, x: mx.array, mask, spec: QuantSpec
               if isinstance(m, nn.Linear) and prefix + p not in keep}
     local = [p for p, s in chosen.items()
              if not s.full_precision and module_at(block, p).weight.shape[1] % s.group_size == 0]
+    batch = calibration_batch(block, x)  # before the catchers go in: they refer to each other
     shared = {}
     catchers = {p: HessianCatcher(module_at(block, p), lambda v: v.reshape(-1, v.shape[-1]), shared) for p in local}
     for p, c in catchers.items():
         swap(block, p, c)
-    for i in range(0, x.shape[0], batch):
-        mx.eval(block(x[i:i + batch], mask))
+    order = []
+
+    def record(part):  # the block's outputs are not used: only what the catchers saw
+        return [block(part, mask), *(t for c in catchers.values() for t in c.pending())]
+
+    for _ in map_batches(record, [x[i:i + batch] for i in range(0, x.shape[0], batch)]):
+        if not order and shared.get("order"):  # the last layer called: its outputs feed nothing recorded
+            order = list({id(c): c for c in shared["order"]}.values())  # modules are dicts: not hashable
+            order[-1].skip_output = True
     shared.clear()
+    # In the order the layers run, each Hessian dropped once factored and each factor once its last layer is done:
+    # the peak holds one factor being made beside the Hessians not yet used.
+    by_catcher = {id(c): p for p, c in catchers.items()}
+    order = [by_catcher[id(c)] for c in order]
+    order += [p for p in catchers if p not in order]
+    last_user = {id(catchers[p].leader): p for p in order}
     packed, factors = {}, {}
-    for p, c in catchers.items():
+    for p in order:
+        c = catchers[p]
         swap(block, p, c.layer)
-        if id(c.leader) not in factors:
-            factors[id(c.leader)] = inverse_factor(c.hessian())
-        packed[prefix + p] = gptq_matrix(c.layer.weight, None, chosen[p], factors[id(c.leader)])
+        leader = id(c.leader)
+        if leader not in factors:
+            factors[leader] = factor_of([c.leader.take_hessian()])
+        packed[prefix + p] = gptq_matrix(c.layer.weight, None, chosen[p], factors[leader])
         c.layer.weight = dequantize_matrix(*packed[prefix + p], chosen[p], c.layer.weight.dtype)
+        if last_user[leader] == p:
+            del factors[leader]
     return packed

@@ -2,7 +2,7 @@
 
 Why a quantizer of our own for the affine mode: `mx.quantize` moves each group's grid so that zero is exactly
 representable (it rescales around the larger-magnitude end), which shifts most grid points. A re-quantization
-of an already 4-bit group-32 model (SmolLM2's Q4_1 GGUF) then moves most of its weights (README: the Q4_1 answer). Plain min-max
+of an already 4-bit group-32 model (SmolLM2's Q4_1 GGUF) then moves most of its weights (docs/methods.md: the Q4_1 answer). Plain min-max
 (scale = (max - min) / (2^b - 1), bias = min) keeps such a grid exactly and is never worse in range use.
 The packed layout is MLX's own, so `mx.dequantize` and `mx.quantized_matmul` read it unchanged."""
 from __future__ import annotations

@@ -14,7 +14,7 @@ from core.models.lm import Chain
 from core.quant.awq import awq_block, awq_config
 from core.quant.baseline import LazyBaseline
 from core.quant.calibration import AwqSettings, GptqSettings, RtnSettings, calibration_tokens
-from core.quant.gptq import gptq_block
+from core.quant.gptq import block_outputs, gptq_block
 from core.quant.layers import QuantReport, quantize_model, swap
 from core.quant.spec import QuantSpec
 
@@ -62,9 +62,7 @@ def _calibrate_block(model: nn.Module, block: nn.Module, path: str, x: mx.array,
     if method == "awq":
         return awq_block(block, path + ".", x, mask, awq_config(model), spec, {}), {}
     packed = gptq_block(block, path + ".", x, mask, spec, keep)  # its weights now hold the de-quantized ones
-    x = mx.concatenate([block(x[i:i + 8], mask) for i in range(0, x.shape[0], 8)])
-    mx.eval(x)
-    return x, packed
+    return block_outputs(block, x, mask), packed
 
 
 def _merge(report: QuantReport, part: QuantReport) -> None:

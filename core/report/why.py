@@ -1,13 +1,13 @@
 """Why a quantized model measured slower than full precision: one note per model and machine, next to the number.
 
 The comparison is read from the measured rows (same model, backend, device and compute dtype); the explanation is
-chosen by backend and model kind from the platform facts measured for the README's "Performance" section. No
+chosen by backend and model kind from the platform facts measured for docs/performance.md. No
 numbers live in the text here: every figure a note shows comes from the rows. No Streamlit here."""
 from __future__ import annotations
 
 from core.report.labels import is_full_precision
 
-# Repeated runs of one engine on one machine differ by up to about a tenth (README, "Performance"), so a quantized
+# Repeated runs of one engine on one machine differ by up to about a tenth (docs/performance.md), so a quantized
 # row less than this much slower than full precision is a tie, not a surprise to explain.
 SLOWER_BY = 1.10
 BACKEND_NAME = {"cpu": "a CPU", "metal": "Metal", "cuda": "CUDA", "gpu": "a GPU"}
@@ -69,7 +69,7 @@ def _kind(row: dict) -> str:
 
 
 def reason(backend: str, kind: str, compute_dtype: str | None = None) -> str:
-    """Why, for this backend and model kind (facts measured for the README's "Performance" section)."""
+    """Why, for this backend and model kind (facts measured for docs/performance.md)."""
     where = BACKEND_NAME.get(backend, backend)
     if kind == "vision":
         fast_path = ("on a CPU nothing makes that work cheaper" if backend == "cpu" else

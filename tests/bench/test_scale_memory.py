@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, needs_mirror
 from core.bench.peak_memory import parse
 from core.bench.scale import memory_goal
-from core.eval.parallel import parallel_steps
+from core.parallel import parallel_steps
 from core.models.synthetic import make_random_lm
 from core.quant import footprint
 from core.quant.spec import QuantSpec

@@ -45,7 +45,7 @@ def test_first_eight_chunks_match_the_reference_measurement(smollm2_dir):
 
 @needs_mirror
 def test_requantizing_the_q4_1_linear_layers_at_4bit_g32_is_lossless_with_minmax():
-    """The README's answer: mx.quantize moves the zero point and so the grid; min-max keeps it."""
+    """The Q4_1 answer in docs/methods.md: mx.quantize moves the zero point and so the grid; min-max keeps it."""
     ours = run_eval(EvalConfig(SMOLLM2, bits=4, group_size=32, keep_first=True, limit=1, bench=False))
     theirs = run_eval(EvalConfig(SMOLLM2, bits=4, group_size=32, keep_first=True, limit=1, bench=False,
                                  quantizer="mlx"))

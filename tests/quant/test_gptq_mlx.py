@@ -1,10 +1,12 @@
 """The MLX GPTQ sweep (core/quant/gptq.py) against the NumPy sweep it replaced, kept here as the reference, and
 against round-to-nearest."""
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
-from core.quant.gptq import BLOCK, DAMPING, gptq_matrix
+from core.quant.gptq import BLOCK, gptq_matrix
+from core.quant.hessian import DAMPING
 from core.quant.quantizers import dequantize_matrix, pack, quantize_matrix, stored_dtype
 from core.quant.spec import QuantSpec
 
@@ -103,27 +105,30 @@ def test_dead_columns_and_a_numpy_hessian_match_the_reference():
 
 def test_the_blocked_inverse_factor_equals_the_direct_one(monkeypatch):
     """Large Hessians are factored by blocks (products on the device); the factor is the same."""
-    from core.quant import gptq
+    from core.quant import hessian
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((600, 300)).astype(np.float32) @ rng.standard_normal((300, 300)).astype(np.float32)
     h = mx.array(x.T @ x / 600)
-    direct = gptq.inverse_factor(h)
-    monkeypatch.setattr(gptq, "FACTOR_BLOCK", 64)
-    monkeypatch.setattr(gptq, "_direct_up_to", lambda: 64)
-    blocked = gptq.inverse_factor(h)
+    direct = hessian.inverse_factor(h)
+    monkeypatch.setattr(hessian, "FACTOR_BLOCK", 64)
+    monkeypatch.setattr(hessian, "_direct_up_to", lambda: 64)
+    blocked = hessian.inverse_factor(h)
     assert blocked.shape == (300, 300)
     np.testing.assert_allclose(np.array(blocked), np.array(direct), rtol=1e-3, atol=1e-4 * float(mx.abs(direct).max()))
 
 
-def test_layers_fed_the_same_input_share_one_hessian_and_give_what_their_own_would():
+def test_layers_fed_the_same_input_share_one_hessian_and_give_what_their_own_would(monkeypatch):
     """q, k, v (and gate, up) read one input: gptq_block computes its X^T X and inverse factor once for them, and
-    every layer's integers are those of a sweep on its own Hessian."""
+    every layer's integers are those of a sweep on its own Hessian. One sequence a batch: once the first batches
+    have run, the last layer (down_proj) is not run, and its Hessian still counts every batch."""
+    from core.quant import footprint
     from mlx_lm.models.base import create_attention_mask
     from mlx_lm.models.llama import ModelArgs, TransformerBlock
 
     from core.models.synthetic import shape_config
-    from core.quant.gptq import HessianCatcher, gptq_block
+    from core.quant.gptq import gptq_block
+    from core.quant.hessian import HessianCatcher
     from core.quant.layers import module_at, swap
 
     mx.random.seed(3)
@@ -136,13 +141,28 @@ def test_layers_fed_the_same_input_share_one_hessian_and_give_what_their_own_wou
     own = {p: HessianCatcher(module_at(block, p), lambda v: v.reshape(-1, v.shape[-1])) for p in paths}
     for p, c in own.items():
         swap(block, p, c)
-    for i in range(0, 4, 2):
-        mx.eval(block(x[i:i + 2], mask))
+    for i in range(4):
+        mx.eval(block(x[i:i + 1], mask))
     for p, c in own.items():
         swap(block, p, c.layer)
     hessians = {p: c.hessian() for p, c in own.items()}
     weights = {p: module_at(block, p).weight for p in paths}
-    packed = gptq_block(block, "b.", x, mask, spec, set(), batch=2)
+    monkeypatch.setattr(footprint, "MAX_CALIBRATION_BATCH", 1)
+    packed = gptq_block(block, "b.", x, mask, spec, set())
     for p in paths:  # one pass over the float block gives every Hessian, so all seven compare
         for ours, theirs in zip(packed["b." + p], gptq_matrix(weights[p], hessians[p], spec)):
             assert mx.array_equal(ours, theirs), p
+
+
+def test_wide_inputs_get_their_hessian_by_symmetric_tiles(monkeypatch):
+    """Inputs at least two tiles wide: X^T X from the tiles on and above the diagonal, the rest mirrored, summed
+    over batches: equal to the whole product (ragged last tile included)."""
+    from core.quant import hessian
+
+    monkeypatch.setattr(hessian, "GRAM_TILE", 16)
+    catcher = hessian.HessianCatcher(nn.Linear(40, 3), lambda v: v)
+    rows = mx.random.normal((50, 40), key=mx.random.key(5))
+    catcher(rows[:20]), catcher(rows[20:])
+    assert len(catcher._tiles) == 6  # tiles at 0, 16, 32: three on the diagonal, three above
+    expected = np.array(rows.T @ rows) / 50
+    np.testing.assert_allclose(np.array(catcher.hessian()), expected, rtol=1e-5, atol=1e-5)

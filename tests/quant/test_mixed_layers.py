@@ -69,7 +69,7 @@ def test_mixed_layers_flag_is_validated_and_named_in_the_tag():
                             mixed_layers="gptq").validated()
     assert distilled.tag == "mixed4-g64-gptq-dwq"
     for bad, message in ((dict(method="rtn", mixed_layers="awq"), "applies to method mixed"),
-                         (dict(method="mixed", target_bpw=4.0, mixed_layers="dwq"), "takes rtn, gptq, awq")):
+                         (dict(method="mixed", target_bpw=4.0, mixed_layers="dwq"), "quantizes its layers with rtn, gptq, awq")):
         with pytest.raises(LabError, match=message):
             QuantConfig("smollm2-135m-instruct", bits=3, **bad).validated()
     with pytest.raises(LabError, match="AWQ is for language models"):

@@ -34,7 +34,7 @@ def test_minmax_affine_is_round_to_nearest_on_the_min_max_grid(bits, group):
 
 
 def test_minmax_keeps_an_existing_4bit_grid_exactly_where_mx_quantize_moves_it():
-    """The Q4_1 re-quantization question (README): a tensor already on a 4-bit min-max grid."""
+    """The Q4_1 re-quantization question (docs/methods.md): a tensor already on a 4-bit min-max grid."""
     rng = np.random.default_rng(1)
     d = rng.uniform(0.01, 0.05, (32, 8, 1)).astype(np.float16).astype(np.float32)
     m = -rng.uniform(0.1, 0.4, (32, 8, 1)).astype(np.float16).astype(np.float32)

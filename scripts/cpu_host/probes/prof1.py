@@ -1,7 +1,7 @@
 """The flat path's pass with two CPU streams (one BLAS thread each) against one stream (all BLAS threads)."""
 import sys, time, mlx.core as mx
 from core import data
-from core.eval import parallel
+from core import parallel
 from core.eval.flatconv import FlatResNet
 from core.models import registry, resnet
 images, labels = data.load_cifar10("test"); x = resnet.preprocess(images); mx.eval(x)

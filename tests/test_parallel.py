@@ -1,8 +1,8 @@
-"""core.eval.parallel: batches over several CPU streams come back complete and in order, with the right values."""
+"""core.parallel: batches over several CPU streams come back complete and in order, with the right values."""
 import mlx.core as mx
 import numpy as np
 
-from core.eval.parallel import cpu_streams, map_batches
+from core.parallel import cpu_streams, map_batches
 
 
 def test_map_batches_keeps_order_and_values_across_streams():
