@@ -1,8 +1,12 @@
 """Datasets: CIFAR-10 and WikiText-2 from the offline mirror (MLXQ_MIRROR) or, without it, the Hugging Face hub."""
 from __future__ import annotations
 
+import os
+import socket
+import time
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -30,11 +34,37 @@ def _missing(what: str, relative: str, hub: str, cause: Exception) -> LabError:
     )
 
 
+HUB_PROBE_S = 2.0  # a hub that does not take a connection this fast is taken as unreachable
+_PROBE_KEPT_S = 60.0
+_probe = {"at": float("-inf"), "ok": False}
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub takes a connection within HUB_PROBE_S (the answer kept for a minute). Without
+    this, a machine with no route to it waits tens of seconds for `datasets`' own timeouts before the same
+    "not available"; HF_HUB_OFFLINE=1 says no at once."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return False
+    now = time.monotonic()
+    if now - _probe["at"] > _PROBE_KEPT_S:
+        host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+        try:
+            socket.create_connection((host, 443), timeout=HUB_PROBE_S).close()
+            _probe["ok"] = True
+        except OSError:
+            _probe["ok"] = False
+        _probe["at"] = now
+    return _probe["ok"]
+
+
 def _mirror_or_hub(what: str, relative: str, hub: str, read_mirror, read_hub):
-    """The mirror's file through read_mirror(path), else read_hub(); a failure of both is one LabError."""
+    """The mirror's file through read_mirror(path), else read_hub(); a failure of both is one LabError, at once
+    when the hub cannot be reached."""
     path = mirror_file(relative)
     if path is not None:
         return read_mirror(path)
+    if not hub_reachable():
+        raise _missing(what, relative, hub, OSError(f"no connection within {HUB_PROBE_S:g} s"))
     try:
         return read_hub()
     except Exception as cause:  # any failure of the hub path means: data missing

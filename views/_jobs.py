@@ -13,6 +13,7 @@ from core.jobs.worker import ensure_worker, live_worker
 
 STATE_NOTES = {"queued": "waiting for the worker", "running": "running", "done": "done", "failed": "failed",
                "cancelled": "cancelled", "interrupted": "interrupted"}
+CANCELLING = "cancelling after the current step"
 RECENT = 3  # finished jobs the sidebar still names
 ORPHAN_S = 10  # a job queued this long with no live worker gets one (submitting starts one; this covers a worker lost)
 _SEEN = "jobs_seen_active"  # the active job ids the panel showed last time: one that ends refreshes the page
@@ -51,6 +52,8 @@ def job_line(job: Job, active: list[Job] | None = None) -> str:
     """The job's title and state; a queued one says how many jobs the worker takes first (it runs one at a time,
     oldest first), counted in `active` when the caller has already read the records."""
     line = f"{job.title}: {STATE_NOTES[job.state]}"
+    if job.state == "running" and store().cancel_requested(job.id):  # seen in every tab: the marker is on disk
+        return f"{job.title}: {CANCELLING}"
     if job.state == "queued" and (ahead := sum(other.id < job.id for other in
                                                (store().active() if active is None else active))):
         line += f" ({ahead} ahead)"
@@ -76,8 +79,9 @@ def jobs_panel() -> None:
     if not active:
         st.caption("No run in progress. Runs go to a worker process: leave the page or reload, they go on.")
     for job in active:
-        st.progress(job.progress, text=job_line(job, active))
-        st.button("Cancel", key=f"jobs_cancel_{job.id}", on_click=cancel, args=(job.id,),
+        line = job_line(job, active)
+        st.progress(job.progress, text=line)
+        st.button("Cancel", key=f"jobs_cancel_{job.id}", on_click=cancel, args=(job.id,), disabled=CANCELLING in line,
                   help="Stops the run at its next step; what it finished stays cached.")
     for job in ended:
         st.caption(f"{job.title}: {STATE_NOTES[job.state]}" + (f" — {job.error}" if job.error else ""))
@@ -109,6 +113,7 @@ def _live(job_id: str, key: str) -> None:
         return
     if not job.active:
         st.rerun()
-    st.progress(job.progress, text=job_line(job))
-    st.button("Cancel", key=f"{key}_cancel", on_click=cancel, args=(job.id,),
+    line = job_line(job)
+    st.progress(job.progress, text=line)
+    st.button("Cancel", key=f"{key}_cancel", on_click=cancel, args=(job.id,), disabled=CANCELLING in line,
               help="Stops the run at its next step; configurations it finished stay cached.")

@@ -2,6 +2,9 @@
 see the same user turns, each with its own earlier answers (as each would be used alone), through the chat
 template applied to the whole history; text a user typed never becomes control tokens."""
 import queue
+import re
+import uuid
+from collections import OrderedDict
 from typing import NoReturn
 
 import streamlit as st
@@ -16,11 +19,38 @@ from views._ui import PLAYGROUND_TAGS, deployed, engines, error, mb
 PROMPT_KEY = "p_prompt"
 REFUSAL_KEY = "p_prompt_refusal"  # a refused message and why, kept over the rerun that puts it back for editing
 FULL = "Full precision"
+CHAT_ID = re.compile(r"[0-9a-f]{12}")
+KEPT_CONVERSATIONS = 64
 
 
 def history_key(lm_name: str, lm_tag: str) -> str:
     """Where one model pair's conversation lives in session state: switching the pair switches conversations."""
     return f"p_chat:{lm_name}@{lm_tag}"
+
+
+@st.cache_resource
+def _kept_conversations() -> OrderedDict:
+    """{browser conversation id: {history key: turns}}, the most recently used last, shared by the sessions of
+    this dashboard process: a reload starts a new session, and finds its conversations here."""
+    return OrderedDict()
+
+
+def kept_turns(key: str) -> list[dict]:
+    """This session's turns for `key`, kept across reloads: the page's address carries a conversation id
+    (?chat=...), and the turns live under it in this process (at most KEPT_CONVERSATIONS ids, oldest let go)."""
+    chat = st.query_params.get("chat", "")
+    if not CHAT_ID.fullmatch(chat):
+        chat = st.query_params["chat"] = uuid.uuid4().hex[:12]
+    kept = _kept_conversations()
+    mine = kept.setdefault(chat, {})
+    kept.move_to_end(chat)
+    while len(kept) > KEPT_CONVERSATIONS:
+        kept.popitem(last=False)
+    if key in st.session_state:
+        mine[key] = st.session_state[key]
+    else:
+        st.session_state[key] = mine.setdefault(key, [])
+    return st.session_state[key]
 
 
 def side_messages(turns: list[dict], title: str, new_text: str) -> list[dict]:
@@ -80,9 +110,15 @@ def answer_side_by_side(sides: dict, max_tokens: int, temperature: float) -> dic
     return outcomes
 
 
+def as_typed(text: str) -> str:
+    """The user's text for st.markdown with its line breaks kept (markdown joins lines that a single newline
+    separates)."""
+    return text.replace("\n", "  \n")
+
+
 def render_history(turns: list[dict]) -> None:
     for turn in turns:
-        st.chat_message("user").write(turn["user"])
+        st.chat_message("user").markdown(as_typed(turn["user"]))
         with st.chat_message("assistant"):
             for column, (title, answer) in zip(st.columns(len(turn["answers"])), turn["answers"].items()):
                 column.markdown(f"**{title}**")
@@ -103,13 +139,17 @@ def prompt_input() -> str | None:
         st.error(refusal["message"])
         if refusal["text"].strip():
             st.session_state[PROMPT_KEY] = refusal["text"]  # back in the input, ready to be edited
-    return st.chat_input("Ask something", key=PROMPT_KEY, max_chars=prompts.MAX_PROMPT_CHARS)
+    # No max_chars: the browser would cut or drop a longer paste without a word; the length is checked here.
+    return st.chat_input(f"Ask something (up to {prompts.MAX_PROMPT_CHARS:,} characters)", key=PROMPT_KEY)
 
 
 def take_turn(text: str, turns: list[dict], pair: tuple[str, str], max_tokens: int, temperature: float) -> None:
     """Send the whole conversation plus the new message to both models and keep the turn once both answered."""
     lm_name, lm_tag = pair
     titles = {FULL: "fp", lm_tag: lm_tag}
+    if len(text) > prompts.MAX_PROMPT_CHARS:
+        refuse(f"This message is {len(text):,} characters long; the chat takes up to {prompts.MAX_PROMPT_CHARS:,}. "
+               "It is back in the box to shorten.", text)
     try:
         generate.check_generation_settings(max_tokens, temperature, 1.0)
         loaded = {title: deployed(lm_name, tag) for title, tag in titles.items()}
@@ -120,7 +160,7 @@ def take_turn(text: str, turns: list[dict], pair: tuple[str, str], max_tokens: i
         token_prompts, left_out = prompts.conversation_prompt_tokens(loaded[FULL].tokenizer, conversations)
     except LabError as e:
         refuse(str(e), text)
-    st.chat_message("user").write(text)
+    st.chat_message("user").markdown(as_typed(text))
     if left_out:
         st.info(f"The oldest {'turn' if left_out == 1 else f'{left_out} turns'} of this conversation no longer "
                 f"fit the prompt limit ({prompts.MAX_PROMPT_TOKENS:,} tokens, {prompts.MAX_PROMPT_CHARS:,} "
@@ -152,8 +192,7 @@ def budget_row(turns: list[dict], key: str) -> None:
     else:
         info.caption(f"Prompt budget: {prompts.MAX_PROMPT_TOKENS:,} tokens and {prompts.MAX_PROMPT_CHARS:,} "
                      "characters for the whole conversation, which is sent with each new message.")
-    clear.button("Clear conversation", key="p_clear", disabled=not turns,
-                 on_click=lambda: st.session_state.pop(key, None))
+    clear.button("Clear conversation", key="p_clear", disabled=not turns, on_click=turns.clear)  # kept copy too
 
 
 def chat_tab() -> None:
@@ -164,7 +203,7 @@ def chat_tab() -> None:
     max_tokens = mid.slider("Max new tokens", 1, generate.MAX_NEW_TOKENS, 64, key="p_max_tokens")
     temperature = right.slider("Temperature", 0.0, 2.0, 0.0, 0.05, key="p_temperature")
     key = history_key(lm_name, lm_tag)
-    turns = st.session_state.setdefault(key, [])
+    turns = kept_turns(key)
     conversation, footer = st.container(), st.container()  # drawn above the input, filled once it is read
     text = prompt_input()
     with conversation:

@@ -9,7 +9,7 @@ from core import data
 from core.deploy import classify as vision
 from core.errors import LabError
 from core.models import registry as models
-from views._ui import PLAYGROUND_TAGS, deployed, error, mb
+from views._ui import PLAYGROUND_TAGS, deployed, error, mb, model_label
 
 UPLOAD_ROUND = "p_upload_round"  # part of the uploader's key: a new round is a new, empty uploader
 REJECTION = "p_upload_rejection"  # why the last file was refused, shown after the rerun that empties the uploader
@@ -44,7 +44,7 @@ def uploaded_image() -> np.ndarray | None:
     upload_round = st.session_state.setdefault(UPLOAD_ROUND, 0)
     upload = st.file_uploader(f"PNG or JPEG, up to {vision.MAX_UPLOAD_BYTES // 2**20} MB and "
                               f"{vision.MAX_MEGAPIXELS} megapixels (it is cropped to a square and resized to 32x32)",
-                              type=["png", "jpg", "jpeg"], key=f"p_upload_{upload_round}")
+                              key=f"p_upload_{upload_round}")  # any file: a refusal here is in words, on screen
     if upload is None:
         if st.session_state.get(REJECTION):
             st.error(st.session_state[REJECTION])
@@ -60,9 +60,16 @@ def uploaded_image() -> np.ndarray | None:
     return vision.to_cifar_input(original)
 
 
+def _random_index() -> None:
+    st.session_state["p_index"] = int(np.random.default_rng().integers(0, 10000))
+
+
 def sample_image() -> np.ndarray:
     st.session_state.pop(REJECTION, None)  # the refusal was about an upload; it would only confuse here
-    index = st.number_input("Test image number (0-9999)", 0, 9999, value=0, key="p_index")
+    number, pick = st.columns([3, 1], vertical_alignment="bottom")
+    pick.button("Random image", key="p_random", on_click=_random_index,
+                help="The test set is stored class by class: a random number shows every class in turn.")
+    index = number.number_input("Test image number (0-9999)", 0, 9999, value=0, key="p_index")
     images, labels = data.load_cifar10("test")
     st.caption(f"True class: {data.CIFAR10_CLASSES[labels[int(index)]]}")
     return images[int(index)]
@@ -82,7 +89,7 @@ def vision_tab() -> None:
     vision_models = [n for n, i in models.REGISTRY.items() if i.kind == "vision"]
     left, right = st.columns(2)
     name = left.selectbox("Model", vision_models, index=vision_models.index(models.default_vision_model()),
-                          key="p_vision_model")
+                          key="p_vision_model", format_func=model_label)
     tag = right.selectbox("Quantization", PLAYGROUND_TAGS[1:], index=3, key="p_vision_tag")
     source = st.radio("Image", ["Upload", "Test-set sample"], horizontal=True, key="p_source")
     try:

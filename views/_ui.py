@@ -9,6 +9,7 @@ import streamlit as st
 from core.deploy import ids
 from core.deploy.engines import Engines, ModelPool
 from core.errors import LabError
+from core.models import registry as models
 from core.models.registry import REGISTRY
 from core.report.demo import demo_rows
 from core.report.results import all_result_rows, results_signature
@@ -119,3 +120,11 @@ def field_default(config_cls, name: str):
 
 def mb(n: float | None) -> str:
     return "—" if n is None else f"{n / 1e6:,.1f} MB"
+
+
+def model_label(name: str) -> str:
+    """A built-in model as a picker names it: with its title, and marked when its weights are not on this machine
+    (the imported ResNets come with the data mirror), so a bare clone does not offer what fails on use."""
+    info = models.REGISTRY[name]
+    missing = info.kind == "vision" and not models.vision_ready(name)
+    return f"{name} — {info.title}" + (" (needs the data mirror: not on this machine)" if missing else "")

@@ -28,8 +28,8 @@ from core.report.charts import frame, tradeoff_chart
 from core.report.fit import fit_columns, fit_rows, protocol as fit_protocol
 from core.report.summaries import COMPARISON_DETAILS, comparison_columns, comparison_table
 from core.report.why import speed_notes
-from views._jobs import follow, submit
-from views._ui import error, field_default, memory_monitor, table
+from views._jobs import follow, latest, submit
+from views._ui import error, field_default, memory_monitor, model_label, table
 
 # ---- the form: what it offers and the configs it builds ---------------------------------------------------------
 
@@ -91,6 +91,9 @@ def export_config(name: str, bits: int | None, out: str, format: str, force: boo
     return ExportConfig(name, bits=bits, out=out, format=format, force=force, **quant).validated()
 
 
+RESTORED = "q_form_restored"
+
+
 # ---- the page ----------------------------------------------------------------------------------------------------
 
 @st.cache_data(show_spinner="Counting the test set...")
@@ -120,6 +123,36 @@ def fit_panel(name: str, bits: list, group, mode: str, method: str, calib: int, 
     st.caption(fit_protocol())
 
 
+def restored(key: str, default):
+    """Where the widget `key` starts: from the run in progress when this session began with one (a reload, a second
+    tab), so the settings beside its progress are its own; else `default`."""
+    if RESTORED not in st.session_state:
+        st.session_state[RESTORED] = _running_form()
+    return st.session_state[RESTORED].get(key, default)
+
+
+def start_index(key: str, options, default=None) -> int:
+    """The index `options` start at for the widget `key` (restored), the default's (or the first) otherwise."""
+    options = list(options)
+    value = restored(key, default)
+    return options.index(value) if value in options else options.index(default) if default in options else 0
+
+
+def _running_form() -> dict:
+    """The form's values of the eval run in progress (model, mode, widths, group size, method, subset), if any."""
+    job = latest(("eval",))
+    configs = (job.spec.get("configs") or []) if job is not None and job.active else []
+    chosen = [c for c in configs if isinstance(c, dict) and (c.get("bits") or 16) < 16]
+    if not chosen or chosen[0].get("model") not in models.REGISTRY:
+        return {}
+    first, kind = chosen[0], models.REGISTRY[chosen[0]["model"]].kind
+    form = {"q_model": first["model"], "q_mode": first.get("mode", "affine"), "q_method": first.get("method", "rtn"),
+            "q_limit": first.get("limit") or 0, "q_bits": [c["bits"] for c in chosen]}
+    if first.get("group_size"):
+        form["q_group"] = first["group_size"]
+    return form
+
+
 def page() -> None:
     st.title("Quantize & evaluate")
     memory_monitor()
@@ -141,8 +174,9 @@ def _model(left):
                         help="your own: an mlx-lm model folder on this machine (llama, qwen2, qwen3, phi3, mistral "
                              "...), or a Hugging Face id where the hub is reachable")
     if source == "built in":
-        name = left.selectbox("Built-in model", names, index=names.index(models.default_vision_model()),
-                              key="q_model", format_func=lambda n: f"{n} — {models.REGISTRY[n].title}")
+        start = start_index("q_model", names, models.default_vision_model())
+        name = left.selectbox("Built-in model", names, index=start,
+                              key="q_model", format_func=model_label)
         return name, models.REGISTRY[name]
     name = left.text_input("mlx-lm model folder or Hugging Face id", key="q_own",
                            placeholder="/Users/me/models/Llama-3.2-1B-Instruct").strip()
@@ -158,23 +192,27 @@ def _model(left):
 
 def _settings(name: str, info, left, right) -> tuple[list, dict]:
     """The widths and every other setting the user picked (EvalConfig fields)."""
-    mode = right.selectbox("Mode", MODES, key="q_mode", help="affine: integers with a scale and bias per group; "
+    mode = right.selectbox("Mode", MODES, index=start_index("q_mode", MODES), key="q_mode",
+                           help="affine: integers with a scale and bias per group; "
                            "mxfp4 / nvfp4 / mxfp8: small floats with a shared scale (fixed bits and group size)")
     if mode == "affine":
         offered = widths(mode)
-        bits = left.multiselect("Bit widths", offered, default=[b for b in FORM_WIDTHS if b in offered], key="q_bits")
+        bits = left.multiselect("Bit widths", offered, key="q_bits",
+                                default=[b for b in restored("q_bits", FORM_WIDTHS) if b in offered])
         groups = group_sizes(mode)
-        group = right.selectbox("Group size", groups, index=groups.index(DEFAULT_GROUP_SIZE), key="q_group")
+        group = right.selectbox("Group size", groups, key="q_group",
+                                index=start_index("q_group", groups, DEFAULT_GROUP_SIZE))
     else:
         bits, group = widths(mode), None
         left.caption(f"{mode} fixes the bit width and group size.")
     limit = _limit(name, info, left)
-    method = (right.selectbox("Method", methods(info.kind, mode), key=f"q_method_{info.kind}",
+    choices = methods(info.kind, mode)
+    method = (right.selectbox("Method", choices, key=f"q_method_{info.kind}", index=start_index("q_method", choices),
                               help="rtn: round to nearest; gptq, awq: calibrated rounding / scaling; mixed: per-layer "
                               "bit widths from measured sensitivities within a bits-per-weight target (see the "
                               "Sensitivity page); dwq: another method's result with its scales, biases and norms "
                               "distilled from the full-precision model (minutes per hundred steps on a CPU)")
-              if len(methods(info.kind, mode)) > 1 else methods(info.kind, mode)[0])
+              if len(choices) > 1 else choices[0])
     settings = dict(group_size=group, mode=mode, method=method, limit=limit, calib=None, target_bpw=None,
                     dwq_from=None, dwq_steps=None)
     settings.update(_calibration(name, info.kind, method, left, right))
@@ -186,7 +224,8 @@ def _limit(name: str, info, left) -> int | None:
     whole = whole_test_set(name)
     unit = "images" if info.kind == "vision" else "512-token chunks"
     limit = left.number_input(f"Evaluation subset: {unit} (0 = all{f' {whole:,}' if whole else ''})", min_value=0,
-                              max_value=whole or None, value=min(FORM_LIMIT[info.kind], whole or 1000), step=1,
+                              max_value=whole or None, step=1,
+                              value=min(restored("q_limit", FORM_LIMIT[info.kind]), whole or 1000),
                               key="q_limit" if info.kind == "vision" else "q_limit_lm",
                               help="a deterministic subset: class-stratified images, or evenly spread chunks; at "
                                    "most the whole test set")
@@ -298,13 +337,14 @@ def _result() -> None:
     table(result, comparison_columns(main))
     for note in speed_notes(rows):
         st.info(note)
-    for note in notes:
-        st.caption(note)
+    df = frame(rows)  # the chart before the notes: on a projector it stays above the fold
+    st.plotly_chart(tradeoff_chart(df, "size_mb", df["metric"].iloc[0]), width="stretch", key="q_chart")
+    with st.expander("How these numbers were measured: intervals, protocols, memory"):
+        for note in notes:
+            st.caption(note)
     with st.expander("Details: agreement or KL with full precision, throughput, peak memory, compute dtype, items "
                      "measured, where each number came from"):
         st.table(result[["configuration", *COMPARISON_DETAILS]].set_index("configuration"))
-    df = frame(rows)
-    st.plotly_chart(tradeoff_chart(df, "size_mb", df["metric"].iloc[0]), width="stretch", key="q_chart")
 
 
 if __name__ == "__main__":

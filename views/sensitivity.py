@@ -17,7 +17,7 @@ from core.report.charts import sensitivity_chart
 from core.report.summaries import allocation_text
 from core.report.tables import sensitivity_table
 from views._jobs import follow, submit
-from views._ui import chart, error, field_default, memory_monitor, table
+from views._ui import chart, error, field_default, memory_monitor, model_label, table
 
 WIDTHS = sorted(AFFINE_BITS, reverse=True)  # the widths a layer can be measured at, widest first
 GROUP_SIZES = AFFINE_GROUP_SIZES
@@ -75,7 +75,7 @@ def _form():
     names = list(models.REGISTRY)
     left, right = st.columns(2)
     name = left.selectbox("Model", names, index=names.index(models.default_vision_model()), key="s_model",
-                          format_func=lambda n: f"{n} — {models.REGISTRY[n].title}")
+                          format_func=model_label)
     kind, start = models.REGISTRY[name].kind, defaults(name)
     bits = left.multiselect("Bit widths", WIDTHS, default=sorted(start.bits, reverse=True), key="s_bits")
     group = right.selectbox("Group size", GROUP_SIZES, index=GROUP_SIZES.index(start.group_size), key="s_group")

@@ -22,6 +22,7 @@ from core.cache import atomic_write_text
 from core.errors import LabError
 from core.jobs import process
 from core.jobs.kinds import KINDS
+from core.jobs.readings import ReadingsPublisher
 from core.jobs.store import Job, JobStore, now_iso
 
 HEARTBEAT, LOG = "worker.json", "worker.log"
@@ -98,7 +99,7 @@ def run_job(store: JobStore, job: Job, beat=None) -> Job:
         finally:
             reporter.close()
     except JobCancelled:
-        return store.finish(job, "cancelled", "cancelled while running; configurations it finished are cached")
+        return store.finish(job, "cancelled", "stopped at a step boundary; configurations it finished are cached")
     except LabError as error:
         return store.finish(job, "failed", str(error), error=str(error))
     except (WorkerStopped, KeyboardInterrupt):
@@ -194,6 +195,14 @@ def _serve(store: JobStore, me: dict, idle_exit_s: float, poll_s: float) -> None
     so a job submitted while the worker decided to leave is run, or finds no live worker and starts one."""
     _beat(store, me)
     store.prune()
+    readings = ReadingsPublisher(store, me["pid"])
+    try:
+        _loop(store, me, idle_exit_s, poll_s, readings)
+    finally:
+        readings.stop()
+
+
+def _loop(store: JobStore, me: dict, idle_exit_s: float, poll_s: float, readings: ReadingsPublisher) -> None:
     idle_since = beaten = time.monotonic()
     while True:
         job = store.claim_next(me)
@@ -204,7 +213,9 @@ def _serve(store: JobStore, me: dict, idle_exit_s: float, poll_s: float) -> None
                 return
         if job is not None:
             _beat(store, me, job.id)
+            readings.job = job.id
             done = run_job(store, job, beat=lambda: _beat(store, me, job.id))
+            readings.job = None
             print(f"job {done.id} ({done.kind}): {done.state}", file=sys.stderr, flush=True)
             _beat(store, me)
             idle_since = beaten = time.monotonic()

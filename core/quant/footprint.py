@@ -168,12 +168,12 @@ def _method_parts(shape: Shape, method: str, calib: int, ctx: int) -> dict:
         return {**parts, "activations of a calibration batch": 8 * ctx * (3 * m + 2 * shape.heads * ctx) * 4,
                 "recorded inputs": 4 * tokens * (h + m) * 4}
     # GPTQ's three moments, the largest counted: the calibration pass (one Hessian per distinct input: q, k, v
-    # share one, gate and up another), the largest input's inverse factor being made (about 2.6 times its
+    # share one, gate and up another), the largest input's inverse factor being made (about 2.1 times its
     # Hessian, core.quant.gptq.factor_of) and a column sweep (its factor and three working copies of the weight).
     widths = {k for _, k in shape.block_matrices()}
     hessians = (2 * h * h + shape.heads * shape.head_dim * shape.heads * shape.head_dim + m * m) * 4
     moments = [{**batch, "Hessians": hessians},
-               {"inverse factor of the widest input": int(2.6 * max(widths) ** 2 * 4)},
+               {"inverse factor of the widest input": int(2.1 * max(widths) ** 2 * 4)},
                {"column sweep": max(k * k + 3 * r * k for r, k in shape.block_matrices()) * 4}]
     return {**parts, **max(moments, key=lambda d: sum(d.values()))}
 

@@ -181,6 +181,7 @@ def block_outputs(block: nn.Module, x: mx.array, mask) -> mx.array:
     out = mx.concatenate(list(map_batches(lambda part: block(part, mask),
                                           [x[i:i + batch] for i in range(0, x.shape[0], batch)])))
     mx.eval(out)
+    mx.clear_cache()  # as after the calibration pass: the next block's work allocates other sizes
     return out
 
 
@@ -210,6 +211,7 @@ def gptq_block(block: nn.Module, prefix: str, x: mx.array, mask, spec: QuantSpec
             order = list({id(c): c for c in shared["order"]}.values())  # modules are dicts: not hashable
             order[-1].skip_output = True
     shared.clear()
+    mx.clear_cache()  # the pass's activations: freed buffers of sizes the factors below do not use
     # In the order the layers run, each Hessian dropped once factored and each factor once its last layer is done:
     # the peak holds one factor being made beside the Hessians not yet used.
     by_catcher = {id(c): p for p, c in catchers.items()}

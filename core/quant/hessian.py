@@ -4,7 +4,7 @@ sweep of core.quant.gptq follows.
 
 The factor is computed in MLX: diagonal blocks on the CPU stream (MLX's linalg runs nowhere else), the products
 between them on the default device (a GPU where there is one), and held as compact block lists so that a large
-one peaks at about three times its Hessian's size."""
+one peaks at about twice its Hessian's size."""
 from __future__ import annotations
 
 import mlx.core as mx
@@ -64,20 +64,28 @@ class HessianCatcher(nn.Module):
         return list(self._tiles.values())
 
     def take_hessian(self) -> mx.array:
-        """hessian(), its tiles let go."""
-        h = self.hessian()
-        self._tiles = {}
-        return h
+        """hessian(), its tiles let go one by one as they are written into it."""
+        return self._assembled(keep=False)
 
     def hessian(self) -> mx.array:
         if self.leader is not self:
             return self.leader.hessian()
+        return self._assembled(keep=True)
+
+    def _assembled(self, keep: bool) -> mx.array:
+        """H written tile by tile into one array (each lower tile the transpose of its upper one), so that the
+        peak is H beside the tiles not yet written, not H beside a copy of every row."""
         if not self._tiles:
             raise LabError("GPTQ: a layer saw no calibration inputs.")
-        starts = sorted({i for i, _ in self._tiles})
-        rows = [mx.concatenate([self._tiles[i, j] if j >= i else self._tiles[j, i].T for j in starts], axis=1)
-                for i in starts]
-        return mx.concatenate(rows) / max(self._count, 1)
+        width = max(j + tile.shape[1] for (_, j), tile in self._tiles.items())
+        h, scale = mx.zeros((width, width)), 1.0 / max(self._count, 1)
+        for i, j in sorted(self._tiles):
+            tile = (self._tiles[i, j] if keep else self._tiles.pop((i, j))) * scale
+            h[i:i + tile.shape[0], j:j + tile.shape[1]] = tile
+            if j > i:
+                h[j:j + tile.shape[1], i:i + tile.shape[0]] = tile.T
+            mx.eval(h)
+        return h
 
 
 GRAM_TILE = 2048  # inputs at least twice this wide get X^T X by tiles, the lower ones mirrored from the upper
@@ -105,7 +113,7 @@ def inverse_factor(hessian) -> mx.array:
 
 def factor_of(held: list) -> mx.array:
     """inverse_factor of the one Hessian in `held`, taken out of it so that its memory goes as soon as the damped
-    copy exists: a large factor then peaks at about three times the Hessian's size."""
+    copy exists: a large factor then peaks at about twice the Hessian's size."""
     H = held.pop()
     if isinstance(H, np.ndarray):
         H = mx.array(H.astype(np.float32))
@@ -167,10 +175,13 @@ def _blocked_tri_inv(columns: list[mx.array], n: int) -> list[mx.array]:
     for i, k in enumerate(range(0, n, b)):
         size = min(b, n - k)
         inv = _small(mx.linalg.tri_inv, columns[i][:size])
-        if k:  # (L^-1)_j spans columns 0..(j+1)b: each product padded to the k columns before this block
-            products = [mx.pad(columns[j][k - j * b:k - j * b + size] @ rows[j], [(0, 0), (0, k - rows[j].shape[1])])
-                        for j in range(i)]
-            rows.append(mx.concatenate([-inv @ sum(products[1:], products[0]), inv], axis=1))
+        if k:  # (L^-1)_j spans columns 0..(j+1)b: each product added into the first (j+1)b columns
+            known = mx.zeros((size, k))
+            for j in range(i):
+                width = rows[j].shape[1]
+                known[:, :width] = known[:, :width] + columns[j][k - j * b:k - j * b + size] @ rows[j]
+                mx.eval(known)  # one product at a time: the sum is the only thing held
+            rows.append(mx.concatenate([-inv @ known, inv], axis=1))
         else:
             rows.append(inv)
         mx.eval(rows[-1])

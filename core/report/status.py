@@ -1,9 +1,11 @@
 """What the machine and the lab hold now: the runtime, the models and data found, and memory over time."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
+from pathlib import Path
 
 import mlx.core as mx
 import psutil
@@ -85,6 +87,29 @@ def no_results_hint(status: dict) -> str:
             f"{command}.")
 
 
+WORKER_READINGS = "worker-memory.json"  # beside the job records: the worker's own memory, written every second
+READINGS_FRESH_S = 5.0
+
+
+def worker_readings(directory: Path) -> dict | None:
+    """The job worker's latest memory readings (core.jobs.worker publishes them from inside its process: its RSS
+    and MLX's active, peak and cache memory, and the job it runs), or None when no worker has written any lately."""
+    try:
+        readings = json.loads((Path(directory) / WORKER_READINGS).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(readings, dict) or time.time() - float(readings.get("time", 0)) > READINGS_FRESH_S:
+        return None
+    return readings
+
+
+def process_readings() -> dict:
+    """This process's own memory: its RSS and MLX's active, peak and cache memory."""
+    return {"time": time.time(), "rss_bytes": psutil.Process().memory_info().rss,
+            "mlx_active_bytes": mx.get_active_memory(), "mlx_peak_bytes": mx.get_peak_memory(),
+            "mlx_cache_bytes": mx.get_cache_memory()}
+
+
 def snapshot() -> dict:
     process = psutil.Process()
     vm = psutil.virtual_memory()
@@ -113,7 +138,8 @@ class MemoryMonitor:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append(snapshot())
+            worker = worker_readings(settings.jobs_dir())
+            self.samples.append({**snapshot(), **({f"worker_{k}": v for k, v in worker.items()} if worker else {})})
             self._stop.wait(self.interval)
 
     def history(self) -> list[dict]:

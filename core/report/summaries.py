@@ -27,6 +27,11 @@ def _fmt(value, digits=2, suffix=""):
     return "—" if value is None else f"{value:,.{digits}f}{suffix}"
 
 
+def _signed(value, suffix: str) -> str:
+    """A difference with its sign always written (+0.42, -1.30) and its unit."""
+    return "—" if value is None else f"{value:+,.2f}{suffix}"
+
+
 def comparison_table(rows: list[dict]) -> tuple[list[dict], list[str]]:
     """(table rows, notes): each configuration with its delta against the full-precision row of the same model."""
     baselines = {r["model"]: r for r in rows if labels.is_full_precision(r)}
@@ -41,11 +46,12 @@ def _comparison_row(r: dict, base: dict | None) -> dict:
         "configuration": f"{r['model']} {r['tag']}",
         "precision": labels.precision_label(r),
         labels.quality_header(r["metric"]): labels.quality_cell(r),
-        "Δ vs full precision": "baseline" if r is base else _fmt(delta, 2, " pts" if percent else ""),
+        "Δ vs full precision": "baseline" if r is base else _signed(delta, " pts" if percent else " perplexity"),
         "agreement / KL": (_fmt(r.get("agreement"), 2, " %") if percent else _fmt(r.get("kl_mean"), 4, " nats")),
         "size": f"{r['size_bytes'] / 1e6:,.2f} MB",
         "bits/weight": f"{r['bits_per_weight']:.2f}",
-        "latency p50": _fmt(r.get("latency_ms_p50"), 2, " ms"),
+        "latency p50": _fmt(r.get("latency_ms_p50"), 2, " ms") + (
+            f" (p90 {r['latency_ms_p90']:,.2f})" if r.get("latency_ms_p90") is not None else ""),
         "throughput": _fmt(r.get("throughput"), 1, f" {r.get('throughput_unit', '')}"),
         "peak MLX memory": ("—" if r.get("peak_memory_bytes") is None
                             else f"{r['peak_memory_bytes'] / 1e6:,.0f} MB"),

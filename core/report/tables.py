@@ -23,6 +23,8 @@ MEANING = {
     "size": "bytes of every array the model holds (packed weights, scales, norms)",
     "bits/weight": "every stored bit (scales and biases included) per weight",
     "latency p50": "median over the benchmark's trials: one image at batch 1, or one decoded token",
+    "latency p90": "the 90th percentile over the same trials: how far the slow ones went (a busy machine widens "
+                   "the gap between p50 and p90)",
     "throughput": "images/s at the benchmark's batch, or decode tokens/s",
     "peak MLX memory": "highest MLX memory during the speed benchmark: the weights plus the activations of its "
                        "largest input (see the speed protocol), not the model's size",
@@ -36,6 +38,7 @@ RESULT_COLUMNS = {
     "size_mb": Column("size", "%.2f MB", MEANING["size"]),
     "bits_per_weight": Column("bits/weight", "%.2f", MEANING["bits/weight"]),
     "latency_ms_p50": Column("latency p50", "%.2f ms", MEANING["latency p50"]),
+    "latency_ms_p90": Column("p90", "%.2f ms", MEANING["latency p90"]),
     "peak_memory_mb": Column("peak MLX memory", "%.0f MB", MEANING["peak MLX memory"]),
 }
 # The rest, in two narrower tables (quality, speed); protocols are long texts, so each row names its protocol by a
@@ -71,7 +74,8 @@ def _readable(row: dict) -> dict:
     return {
         "model": row["model"], "precision": _precision(row), "quality": labels.quality_cell(row),
         "size_mb": row["size_bytes"] / 1e6, "bits_per_weight": row["bits_per_weight"],
-        "latency_ms_p50": row.get("latency_ms_p50"), "peak_memory_mb": None if peak is None else peak / 1e6,
+        "latency_ms_p50": row.get("latency_ms_p50"), "latency_ms_p90": row.get("latency_ms_p90"),
+        "peak_memory_mb": None if peak is None else peak / 1e6,
     }
 
 

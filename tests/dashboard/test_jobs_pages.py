@@ -57,6 +57,10 @@ def fresh_results(tmp_path, monkeypatch):
 def test_another_session_sees_the_run_and_cancels_it_from_any_page(fresh_results):
     first = start_run()
     job = running_job()
+    reloaded = app().switch_page("views/quantize.py").run()  # its form starts from the run in progress
+    assert reloaded.selectbox(key="q_model").value == "resnet20-mlxq"  # not the default, resnet20
+    assert reloaded.multiselect(key="q_bits").value == WIDTHS and reloaded.number_input(key="q_limit").value == 1000
+    assert not reloaded.exception and not reloaded.warning
     second = app().switch_page("views/system.py").run()  # a reload, or a second tab: a new session
     bars = [p.proto.text for p in second.sidebar.get("progress")]
     assert any("evaluate resnet20-mlxq" in text for text in bars), bars
@@ -109,3 +113,22 @@ def test_a_bad_hostfile_is_refused_before_anything_runs(tmp_path):
     assert not at.exception
     (message,) = [e.value for e in at.error]
     assert "is not JSON" in message and "mlx.distributed_config" in message
+
+
+def test_a_cancel_is_acknowledged_at_once_in_every_session(fresh_results, tmp_path, monkeypatch):
+    """Cancel stops a run at its next step, which may be many seconds away: every session says so at once (the
+    marker is on disk) and the Cancel buttons go grey. This process plays the worker: no step is ever taken."""
+    from core.jobs import process
+    from core.jobs.store import JobStore
+
+    monkeypatch.setenv("MLXQ_JOBS", str(tmp_path / "jobs"))
+    store = JobStore()
+    job = store.submit("eval", {"configs": [{"model": "resnet20-mlxq", "bits": 4, "limit": 100}]})
+    assert store.claim_next(process.identity()).id == job.id  # running, held by a live process
+    first, second = app(), app().switch_page("views/system.py").run()
+    second.sidebar.button(key=f"jobs_cancel_{job.id}").click().run()
+    for session in (second, first.run()):
+        bars = [p.proto.text for p in session.sidebar.get("progress")]
+        assert any(text.endswith("cancelling after the current step") for text in bars), bars
+        assert session.sidebar.button(key=f"jobs_cancel_{job.id}").disabled
+    assert store.get(job.id).state == "running" and store.cancel_requested(job.id)

@@ -166,10 +166,15 @@ def test_upload_results_sorted_then_a_refusal_clears_them_and_empties_the_upload
         assert list(bars["probability"]) == sorted(bars["probability"], reverse=True) and len(bars) == 5
         assert '"sort": "-x"' in chart.proto.spec and '"format": ".1%"' in chart.proto.spec  # values on the bars
 
+    # Any file reaches the page, so every refusal is on screen in words and replaces the one before it (a browser-side
+    # type filter refused GIF and WEBP with a reason shown only on hover, leaving the old result and message).
     for name, data, fragment in [("notes.png", b"plain text\n" * 30, "not a readable PNG or JPEG"),
-                                 ("bomb.png", png_header_only(20_000, 10_000), "too large")]:
+                                 ("bomb.png", png_header_only(20_000, 10_000), "too large"),
+                                 ("empty.png", b"", "The file is empty"),
+                                 ("anim.gif", encoded("GIF"), "This is a GIF file; upload a PNG or JPEG"),
+                                 ("photo.webp", encoded("WEBP"), "This is a WEBP file; upload a PNG or JPEG")]:
         uploader = at.file_uploader[0]
-        uploader.set_value((name, data, "image/png")).run()
+        uploader.set_value((name, data, "application/octet-stream")).run()
         assert not at.exception and not result_panels(at) and not at.get("vega_lite_chart")
         assert len(errors(at)) == 1 and name in errors(at)[0] and fragment in errors(at)[0]
         assert not EXCEPTION_NAME.search(errors(at)[0])
@@ -177,6 +182,12 @@ def test_upload_results_sorted_then_a_refusal_clears_them_and_empties_the_upload
 
     at.file_uploader[0].set_value(("red.png", png(64, 48), "image/png")).run()
     assert not errors(at) and len(result_panels(at)) == 2
+
+
+def encoded(kind: str) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(out, format=kind)
+    return out.getvalue()
 
 
 def send(at: AppTest, text: str, max_tokens: int) -> AppTest:
@@ -234,7 +245,8 @@ def test_an_injected_chat_template_prompt_is_answered_as_plain_text(tokenizer):
 @needs_mirror
 def test_a_refused_prompt_is_put_back_for_editing(tokenizer):
     at = playground()
-    assert at.chat_input(key="p_prompt").proto.max_chars == prompts.MAX_PROMPT_CHARS
+    box = at.chat_input(key="p_prompt").proto
+    assert not box.max_chars and f"up to {prompts.MAX_PROMPT_CHARS:,} characters" in box.placeholder
     too_many_tokens = "7" * 3000  # under the character limit, over the token limit
     with pytest.raises(LabError) as expected:
         prompts.conversation_prompt_tokens(tokenizer, [[{"role": "user", "content": too_many_tokens}]])
@@ -258,3 +270,50 @@ def test_a_conversation_past_the_limit_leaves_out_its_oldest_turns_and_says_so()
     assert any("oldest" in i.value and "did not see them" in i.value for i in at.info)
     assert len(at.session_state[HISTORY]) == 6 and at.session_state[HISTORY][-1]["left_out"] == 5
     assert any("no longer fit and were not sent" in c.value for c in at.caption)
+
+
+@needs_mirror
+def test_a_paste_over_the_limit_is_refused_in_words_and_kept(tokenizer):
+    """The input has no max_chars (the browser cut a longer paste silently, leaving the box empty): 4,001 and
+    50,000 characters are refused in words and put back to shorten; nothing is sent."""
+    at = playground()
+    for length in (prompts.MAX_PROMPT_CHARS + 1, 50_000):
+        at = send(at, "x" * length, 4)
+        assert not at.exception and len(errors(at)) == 1
+        assert f"{length:,} characters long" in errors(at)[0] and f"{prompts.MAX_PROMPT_CHARS:,}" in errors(at)[0]
+        assert at.chat_input(key="p_prompt").proto.value == "x" * length and at.session_state[HISTORY] == []
+
+
+@needs_mirror
+def test_the_users_line_breaks_stay_on_screen():
+    at = send(playground(), "first line\nsecond line", 2)
+    assert not at.exception and not errors(at)
+    users = [m.value for m in at.markdown if "first line" in m.value]
+    assert users and all("first line  \nsecond line" in u for u in users)
+
+
+@needs_mirror
+def test_random_image_picks_test_images_across_the_set():
+    at = playground()
+    at.radio(key="p_source").set_value("Test-set sample").run()
+    seen = set()
+    for _ in range(4):
+        at.button(key="p_random").click().run()
+        assert not at.exception and not errors(at) and len(result_panels(at)) == 2
+        seen.add(at.number_input(key="p_index").value)
+    assert len(seen) >= 3 and all(0 <= i <= 9999 for i in seen)  # 4 draws of 10,000
+
+
+@needs_mirror
+def test_the_conversation_survives_a_reload_of_the_same_address():
+    at = send(playground(), "My name is Ada.", 2)
+    assert not at.exception and not errors(at) and len(at.session_state[HISTORY]) == 1
+    chat = at.query_params["chat"]
+    chat = chat[0] if isinstance(chat, list) else chat
+    reloaded = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+    reloaded.query_params["chat"] = chat  # a reload keeps the address, and with it the conversation's id
+    reloaded = reloaded.run().switch_page("views/playground.py").run()
+    assert [t["user"] for t in reloaded.session_state[HISTORY]] == ["My name is Ada."]
+    assert any("My name is Ada." in m.value for m in reloaded.markdown)
+    other = playground()  # another tab, another address: a conversation of its own
+    assert HISTORY not in other.session_state or other.session_state[HISTORY] == []

@@ -137,3 +137,13 @@ def test_the_benchmark_counts_its_trials():
     assert report.throughput > 0
     assert [m for _, m in heard][:2] == ["trial 1/13", "trial 2/13"] and heard[-1] == (1.0, "trial (batch 10) 13/13")
     assert [f for f, _ in heard] == sorted(f for f, _ in heard)
+
+
+def test_deltas_carry_their_sign_and_unit_and_latency_its_spread():
+    fp, q4 = row(value=21.5, metric="perplexity"), row(bits=4, value=22.25, metric="perplexity", latency=3.0,
+                                                       latency_ms_p90=4.5)
+    table, _ = comparison_table([fp, q4])
+    assert table[1]["Δ vs full precision"] == "+0.75 perplexity"
+    assert table[1]["latency p50"] == "3.00 ms (p90 4.50)"
+    table, _ = comparison_table([row(value=91.5), row(bits=4, value=90.25)])
+    assert table[1]["Δ vs full precision"] == "-1.25 pts"
