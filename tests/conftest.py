@@ -97,9 +97,9 @@ def free_port() -> int:
     return free_ports(1)
 
 
-@contextmanager
-def api_server(args: list[str], folder: Path, env: dict | None = None):
-    """`python -m core serve ARGS` on a free loopback port; yields its URL, fails the test if it dies."""
+def start_server(args: list[str], folder: Path, env: dict | None = None):
+    """`python -m core serve ARGS` on a free loopback port, once /health answers: (process, URL, its log file).
+    Fails the test, with the log, if it does not come up; stopping it is the caller's."""
     import httpx
 
     port = free_port()
@@ -107,16 +107,22 @@ def api_server(args: list[str], folder: Path, env: dict | None = None):
     proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--port", str(port), *args], cwd=REPO,
                             stdout=log, stderr=log, env=env)
     url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url, log
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    log.seek(0)
+    pytest.fail(f"server did not start: {log.read()}")
+
+
+@contextmanager
+def api_server(args: list[str], folder: Path, env: dict | None = None):
+    """`python -m core serve ARGS` on a free loopback port; yields its URL, fails the test if it dies."""
+    proc, url, log = start_server(args, folder, env)
     try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            log.seek(0)
-            pytest.fail(f"server did not start: {log.read()}")
         yield url
     finally:
         proc.terminate()

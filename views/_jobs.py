@@ -48,11 +48,16 @@ def _waited(job: Job) -> float:
     return (datetime.now(timezone.utc) - datetime.fromisoformat(job.created)).total_seconds()
 
 
+def cancelling(job: Job) -> bool:
+    """A running job asked to stop: seen in every tab at once, since the marker is on disk."""
+    return job.state == "running" and store().cancel_requested(job.id)
+
+
 def job_line(job: Job, active: list[Job] | None = None) -> str:
     """The job's title and state; a queued one says how many jobs the worker takes first (it runs one at a time,
     oldest first), counted in `active` when the caller has already read the records."""
     line = f"{job.title}: {STATE_NOTES[job.state]}"
-    if job.state == "running" and store().cancel_requested(job.id):  # seen in every tab: the marker is on disk
+    if cancelling(job):
         return f"{job.title}: {CANCELLING}"
     if job.state == "queued" and (ahead := sum(other.id < job.id for other in
                                                (store().active() if active is None else active))):
@@ -79,9 +84,8 @@ def jobs_panel() -> None:
     if not active:
         st.caption("No run in progress. Runs go to a worker process: leave the page or reload, they go on.")
     for job in active:
-        line = job_line(job, active)
-        st.progress(job.progress, text=line)
-        st.button("Cancel", key=f"jobs_cancel_{job.id}", on_click=cancel, args=(job.id,), disabled=CANCELLING in line,
+        st.progress(job.progress, text=job_line(job, active))
+        st.button("Cancel", key=f"jobs_cancel_{job.id}", on_click=cancel, args=(job.id,), disabled=cancelling(job),
                   help="Stops the run at its next step; what it finished stays cached.")
     for job in ended:
         st.caption(f"{job.title}: {STATE_NOTES[job.state]}" + (f" — {job.error}" if job.error else ""))
@@ -113,7 +117,6 @@ def _live(job_id: str, key: str) -> None:
         return
     if not job.active:
         st.rerun()
-    line = job_line(job)
-    st.progress(job.progress, text=line)
-    st.button("Cancel", key=f"{key}_cancel", on_click=cancel, args=(job.id,), disabled=CANCELLING in line,
+    st.progress(job.progress, text=job_line(job))
+    st.button("Cancel", key=f"{key}_cancel", on_click=cancel, args=(job.id,), disabled=cancelling(job),
               help="Stops the run at its next step; configurations it finished stay cached.")

@@ -10,7 +10,6 @@ from core.deploy import ids
 from core.deploy.engines import Engines, ModelPool
 from core.errors import LabError
 from core.models import registry as models
-from core.models.registry import REGISTRY
 from core.report.demo import demo_rows
 from core.report.results import all_result_rows, results_signature
 from core.report.status import MemoryMonitor
@@ -28,7 +27,7 @@ PLAYGROUND_MEMORY_BYTES = 2 * 1024**3  # models kept loaded beyond this are evic
 def engines() -> Engines:
     """The dashboard process's engines (the same text engine and model pool the API server uses), shared by
     every session; models load on first use, least recently used evicted beyond the pool's budget."""
-    allowed = [f"{name}@{tag}" for name in REGISTRY for tag in PLAYGROUND_TAGS]
+    allowed = [f"{name}@{tag}" for name in models.REGISTRY for tag in PLAYGROUND_TAGS]
     return Engines.start(ModelPool(allowed, PLAYGROUND_MEMORY_BYTES), max_batch=8, max_queue=32,
                          max_vision_queue=64)
 

@@ -29,11 +29,15 @@ CALIBRATION_BATCH_BYTES = 256 << 20
 MAX_CALIBRATION_BATCH = 8
 
 
+def _sequence_activations(ctx: int, widest: int, heads: int) -> int:
+    return ctx * (3 * widest + 2 * heads * ctx) * 4
+
+
 def calibration_batch_bytes(ctx: int, widest: int, heads: int, parallel: int = 1) -> tuple[int, int]:
     """(sequences per batch of a calibration pass, the bytes of the activations of the `parallel` batches run at
     once) for sequences of `ctx` tokens through a block whose widest layer has `widest` outputs (three such in an
     MLP) and `heads` attention heads (their scores and weights), in float32."""
-    per_sequence = ctx * (3 * widest + 2 * heads * ctx) * 4
+    per_sequence = _sequence_activations(ctx, widest, heads)
     batch = max(1, min(MAX_CALIBRATION_BATCH, CALIBRATION_BATCH_BYTES // (parallel * per_sequence)))
     return batch, parallel * batch * per_sequence
 
@@ -163,10 +167,10 @@ def _method_parts(shape: Shape, method: str, calib: int, ctx: int) -> dict:
     tokens = calib * ctx
     h, m = shape.hidden, shape.mlp
     parts = {"calibration activations": 2 * tokens * h * 4}
-    batch = {"activations of a calibration batch": calibration_batch_bytes(ctx, max(m, h), shape.heads)[1]}
     if method == "awq":  # AWQ keeps every layer's recorded inputs; mlx-lm's passes take their own batches
-        return {**parts, "activations of a calibration batch": 8 * ctx * (3 * m + 2 * shape.heads * ctx) * 4,
+        return {**parts, "activations of a calibration batch": 8 * _sequence_activations(ctx, m, shape.heads),
                 "recorded inputs": 4 * tokens * (h + m) * 4}
+    batch = {"activations of a calibration batch": calibration_batch_bytes(ctx, max(m, h), shape.heads)[1]}
     # GPTQ's three moments, the largest counted: the calibration pass (one Hessian per distinct input: q, k, v
     # share one, gate and up another), the largest input's inverse factor being made (about 2.1 times its
     # Hessian, core.quant.gptq.factor_of) and a column sweep (its factor and three working copies of the weight).

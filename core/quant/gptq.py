@@ -126,7 +126,7 @@ def gptq_resnet(model: nn.Module, spec: QuantSpec, keep: set[str], images: mx.ar
         catcher = _MeanCatcher(layer, rows)
         swap(model, path, catcher)
         for i in range(0, images.shape[0], batch):
-            mx.eval(model(images[i:i + batch]), catcher.pending(), catcher._sum)
+            mx.eval(model(images[i:i + batch]), catcher.pending())
         swap(model, path, layer)
         packed[path] = gptq_matrix(flat, catcher.hessian(), spec)
         quantized = dequantize_matrix(*packed[path], spec)
@@ -148,6 +148,9 @@ class _MeanCatcher(HessianCatcher):
     def _add(self, rows: mx.array) -> None:
         self._sum = rows.sum(axis=0) if self._count == 0 else self._sum + rows.sum(axis=0)
         super()._add(rows)
+
+    def pending(self) -> list[mx.array]:
+        return [*super().pending(), self._sum]
 
     def mean_row(self) -> mx.array:
         return self._sum / max(self._count, 1)

@@ -111,18 +111,14 @@ def process_readings() -> dict:
 
 
 def snapshot() -> dict:
-    process = psutil.Process()
+    """process_readings() with the machine's memory and CPU."""
     vm = psutil.virtual_memory()
     return {
-        "time": time.time(),
-        "rss_bytes": process.memory_info().rss,
+        **process_readings(),
         "system_used_bytes": vm.total - vm.available,
         "system_total_bytes": vm.total,
         "cpu_percent": psutil.cpu_percent(interval=None),
-        "process_cpu_percent": process.cpu_percent(interval=None),
-        "mlx_active_bytes": mx.get_active_memory(),
-        "mlx_peak_bytes": mx.get_peak_memory(),
-        "mlx_cache_bytes": mx.get_cache_memory(),
+        "process_cpu_percent": psutil.Process().cpu_percent(interval=None),
     }
 
 

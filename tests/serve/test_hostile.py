@@ -6,14 +6,12 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
-from conftest import REPO, api_server, free_port, needs_mirror
+from conftest import api_server, needs_mirror, start_server
 
 pytestmark = needs_mirror
 KEY = "hostile-key"
@@ -253,18 +251,9 @@ def test_descriptor_exhaustion_and_sigterm(tmp_path):
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    port = free_port()
-    log = open(tmp_path / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--port", str(port), "--models", LM,
-                             "--header-timeout", "2", "--shutdown-grace", "1"], cwd=REPO, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
+    proc, url, log = start_server(["--models", LM, "--header-timeout", "2", "--shutdown-grace", "1"], tmp_path)
+    port = int(url.rsplit(":", 1)[1])
     try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
         wanted = descriptor_limit(proc.pid) + 200
         if hard != resource.RLIM_INFINITY and hard < wanted + 100:
             pytest.skip(f"this process may open only {hard} files")
